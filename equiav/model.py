@@ -1,0 +1,426 @@
+"""The EquiAV model: two transformer towers, a transformation predictor per modality and four projection heads.
+
+Module and parameter names match the authors' checkpoints (reference section 1), so their weights load by name after
+stripping the wrapper prefixes (see ``equiav.convert``).
+
+Differences from the authors' inference path: their ``forward_feat`` draws 16 fresh random augmentation vectors for
+every clip on every call, so the same input gives slightly different embeddings each time. ``encode_audio`` and
+``encode_image`` instead use a fixed set of ``config.num_views`` vectors drawn once, with ``config.view_seed``, from the
+same distribution (or vectors you pass as ``views``), so the same input always gives the same embedding. The
+price is small: on the authors' parity checkpoint, embeddings from 20 fresh per-clip draws (the authors' behaviour)
+stay within cosine 0.99992 (audio) and 0.9997 (image) of the fixed-view embeddings; ``tests/test_model.py`` checks
+that two draws agree to cosine > 0.999.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import EquiAVConfig
+from .errors import InvalidInputError
+from .layers import (
+    PatchEmbed,
+    ProjectionHead,
+    TransformationPredictor,
+    augmentation_encoder,
+    init_patch_embed,
+    init_weights,
+    sincos_2d,
+    transformer_blocks,
+)
+
+VIEW_BUFFERS = ("audio_views", "visual_views")
+
+
+@dataclass
+class EquiAVOutput:
+    """Un-normalized embeddings of one pretraining forward pass (entries are None where an input was not given).
+
+    ``inter_*``: inter-modal (cross-modal) embeddings of the centroid of the view predictions.
+    ``equi_*``: intra-modal prediction of the augmented input's embedding from the original and its vector.
+    ``aug_*``: intra-modal embedding of the augmented input itself.
+    """
+
+    inter_audio: torch.Tensor | None = None
+    inter_image: torch.Tensor | None = None
+    equi_audio: torch.Tensor | None = None
+    equi_image: torch.Tensor | None = None
+    aug_audio: torch.Tensor | None = None
+    aug_image: torch.Tensor | None = None
+
+
+@dataclass
+class VideoEmbedding:
+    """L2-normalized embeddings of the audio track and the frames of videos, each (B, D)."""
+
+    audio: torch.Tensor
+    image: torch.Tensor
+
+
+def _as_config(config: EquiAVConfig | dict[str, Any] | str | None) -> EquiAVConfig:
+    if config is None:
+        return EquiAVConfig()
+    if isinstance(config, EquiAVConfig):
+        return config
+    if isinstance(config, str):
+        return EquiAVConfig.from_preset(config)
+    if isinstance(config, dict):
+        return EquiAVConfig.from_dict(config)
+    raise InvalidInputError(f"config must be an EquiAVConfig, a dict or a preset name, got {type(config).__name__}")
+
+
+class EquiAVModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="equiav",
+    tags=["audio-visual", "contrastive-learning", "equiav"],
+    repo_url="https://github.com/equiav/equiav",
+    license="mit",
+):
+    """EquiAV (ICML 2024): audio-visual contrastive learning with equivariant intra-modal representations.
+
+    Build from a config or preset name (``EquiAVModel("equiav-tiny")``) for a randomly initialized model, or load weights
+    with ``EquiAVModel.from_pretrained(name_or_path)``.
+    """
+
+    def __init__(self, config: EquiAVConfig | dict[str, Any] | str | None = None) -> None:
+        super().__init__()
+        config = _as_config(config)
+        self.config = config
+        self._hub_mixin_config = config
+        dim, eps = config.embed_dim, config.layer_norm_eps
+
+        self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
+        self.modality_v = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed_a", sincos_2d(*config.audio_grid, dim)[None])
+        self.register_buffer("pos_embed_v", sincos_2d(*config.image_grid, dim)[None])
+        self.patch_embed_a = PatchEmbed(config.patch_size, config.in_chans, dim)
+        self.patch_embed_v = PatchEmbed(config.patch_size, config.in_chans, dim)
+        self.blocks_a = transformer_blocks(dim, config.depth, config.num_heads, config.mlp_ratio, eps)
+        self.blocks_v = transformer_blocks(dim, config.depth, config.num_heads, config.mlp_ratio, eps)
+        self.norm_a = nn.LayerNorm(dim, eps=eps)
+        self.norm_v = nn.LayerNorm(dim, eps=eps)
+        self.norm_a_aug = nn.LayerNorm(dim, eps=eps)
+        self.norm_v_aug = nn.LayerNorm(dim, eps=eps)
+
+        self.aug_encoder_a = augmentation_encoder(config.audio_aug_dim, config.aug_embed_dim)
+        self.aug_encoder_v = augmentation_encoder(config.visual_aug_dim, config.aug_embed_dim)
+        predictor = dict(
+            dim=dim,
+            aug_dim=config.aug_embed_dim,
+            num_heads=config.cross_attn_heads,
+            head_dim=config.cross_attn_head_dim,
+            mlp_ratio=config.cross_attn_mlp_ratio,
+            eps=eps,
+        )
+        self.cross_attn_a = TransformationPredictor(**predictor)
+        self.cross_attn_v = TransformationPredictor(**predictor)
+
+        hidden = config.proj_hidden_dim
+        self.pred_a_intra = ProjectionHead(dim, hidden, config.intra_proj_dim, eps)
+        self.pred_v_intra = ProjectionHead(dim, hidden, config.intra_proj_dim, eps)
+        self.pred_a_inter = ProjectionHead(dim, hidden, config.inter_proj_dim, eps)
+        self.pred_v_inter = ProjectionHead(dim, hidden, config.inter_proj_dim, eps)
+
+        audio_views, visual_views = default_views(config)
+        self.register_buffer("audio_views", audio_views, persistent=False)
+        self.register_buffer("visual_views", visual_views, persistent=False)
+        self.grad_checkpointing = False
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ setup
+
+    def reset_parameters(self) -> None:
+        """The authors' initialization (reference 1.6)."""
+        init_patch_embed(self.patch_embed_a)
+        init_patch_embed(self.patch_embed_v)
+        nn.init.normal_(self.modality_a, std=0.02)
+        nn.init.normal_(self.modality_v, std=0.02)
+        self.apply(init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block in the backward pass to save activation memory."""
+        self.grad_checkpointing = enable
+
+    @property
+    def device(self) -> torch.device:
+        return self.modality_a.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.modality_a.dtype
+
+    # ------------------------------------------------------------------ towers
+
+    def _check_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        expected = f"(B, {cfg.target_length}, {cfg.num_mel_bins}) or (B, {cfg.in_chans}, {cfg.target_length}, {cfg.num_mel_bins})"
+        if not isinstance(audio, torch.Tensor):
+            raise InvalidInputError(f"audio must be a tensor of shape {expected}, got {type(audio).__name__}")
+        if not audio.is_floating_point():
+            raise InvalidInputError(f"audio must be a floating-point filterbank, got dtype {audio.dtype}")
+        ok_3d = audio.dim() == 3 and tuple(audio.shape[1:]) == (cfg.target_length, cfg.num_mel_bins)
+        ok_4d = audio.dim() == 4 and tuple(audio.shape[1:]) == (cfg.in_chans, cfg.target_length, cfg.num_mel_bins)
+        if not (ok_3d or ok_4d):
+            raise InvalidInputError(f"audio must have shape {expected}, got {tuple(audio.shape)}")
+        return audio.to(device=self.device, dtype=self.dtype)
+
+    def _check_image(self, image: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        expected = f"(B, {cfg.in_chans}, {cfg.image_size}, {cfg.image_size})"
+        if not isinstance(image, torch.Tensor):
+            raise InvalidInputError(f"image must be a tensor of shape {expected}, got {type(image).__name__}")
+        if not image.is_floating_point():
+            raise InvalidInputError(f"image must be a normalized floating-point tensor, got dtype {image.dtype}")
+        if image.dim() != 4 or tuple(image.shape[1:]) != (cfg.in_chans, cfg.image_size, cfg.image_size):
+            raise InvalidInputError(f"image must have shape {expected}, got {tuple(image.shape)}")
+        return image.to(device=self.device, dtype=self.dtype)
+
+    def _embed_audio_patches(self, audio: torch.Tensor) -> torch.Tensor:
+        audio = self._check_audio(audio)
+        if audio.dim() == 3:
+            x = self.patch_embed_a.forward_single_channel(audio.transpose(1, 2).unsqueeze(1))
+        else:
+            x = self.patch_embed_a(audio.transpose(2, 3))
+        return x + self.pos_embed_a + self.modality_a
+
+    def _embed_image_patches(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed_v(self._check_image(image))
+        return x + self.pos_embed_v + self.modality_v
+
+    def _run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        for block in blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
+        """Final-normed audio patch tokens (B, N, D); token p = f * (T / patch) + t (frequency row f, time column t)."""
+        return self.norm_a(self._run_blocks(self._embed_audio_patches(audio), self.blocks_a))
+
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """Final-normed image patch tokens (B, N, D); token p = row * (S / patch) + column."""
+        return self.norm_v(self._run_blocks(self._embed_image_patches(image), self.blocks_v))
+
+    def _two_views(
+        self, x: torch.Tensor, x_aug: torch.Tensor | None, embed, blocks, norm, norm_aug
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens of an input and of its augmented view; both share the tower, so they run as one batch."""
+        if x_aug is None:
+            return norm(self._run_blocks(embed(x), blocks)), None
+        patches = torch.cat([embed(x), embed(x_aug)])
+        tokens = self._run_blocks(patches, blocks)
+        original, augmented = tokens.split([x.shape[0], x_aug.shape[0]])
+        return norm(original), norm_aug(augmented)
+
+    # ------------------------------------------------------------------ predictor
+
+    def _views(self, views: torch.Tensor | None, default: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+        if views is None:
+            return default
+        if not isinstance(views, torch.Tensor) or views.dim() not in (2, 3) or views.shape[-1] != default.shape[-1]:
+            shape = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
+            raise InvalidInputError(
+                f"{name} must be (S, {default.shape[-1]}) or (B, S, {default.shape[-1]}) augmentation vectors, got {shape}"
+            )
+        if views.dim() == 3 and views.shape[0] != batch:
+            raise InvalidInputError(f"{name} has batch size {views.shape[0]} but the input has {batch}")
+        return views.to(device=self.device, dtype=self.dtype)
+
+    def _predict(
+        self,
+        tokens: torch.Tensor,
+        views: torch.Tensor,
+        t: torch.Tensor | None,
+        encoder: nn.Module,
+        predictor: TransformationPredictor,
+        name: str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Centroid over the S views and, if ``t`` is given, the single-view prediction for ``t``.
+
+        The S view queries and the query of ``t`` attend over the same tokens independently, so they run as one
+        attention call of S + 1 queries (the keys and values are projected once).
+        """
+        if t is None:
+            return predictor(tokens, encoder(views)), None
+        batch = tokens.shape[0]
+        if t.dim() != 2 or t.shape != (batch, views.shape[-1]):
+            raise InvalidInputError(f"{name} must be ({batch}, {views.shape[-1]}), got {tuple(t.shape)}")
+        t = t.to(device=self.device, dtype=self.dtype)
+        if views.dim() == 2:
+            views = views.unsqueeze(0).expand(batch, -1, -1)
+        per_view = predictor.per_view(tokens, encoder(torch.cat([views, t[:, None]], dim=1)))
+        return per_view[:, :-1].mean(dim=1), per_view[:, -1]
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        audio: torch.Tensor | None,
+        image: torch.Tensor | None,
+        audio_aug: torch.Tensor | None = None,
+        image_aug: torch.Tensor | None = None,
+        t_audio: torch.Tensor | None = None,
+        t_image: torch.Tensor | None = None,
+        t_audio_views: torch.Tensor | None = None,
+        t_image_views: torch.Tensor | None = None,
+    ) -> EquiAVOutput:
+        """The pretraining forward pass (the authors' ``MainModel.forward`` with ``cen_mean=True``).
+
+        audio, audio_aug: normalized filterbanks (B, T, F) or (B, 3, T, F); image, image_aug: normalized (B, 3, H, W);
+        t_audio / t_image: (B, d) vectors of the augmentations that produced the augmented views; t_*_views: (S, d) or
+        (B, S, d) vectors for the centroid (default: the model's fixed views).
+        """
+        out = EquiAVOutput()
+        if audio is not None:
+            tokens, tokens_aug = self._two_views(
+                audio, audio_aug, self._embed_audio_patches, self.blocks_a, self.norm_a, self.norm_a_aug
+            )
+            views = self._views(t_audio_views, self.audio_views, tokens.shape[0], "t_audio_views")
+            centroid, equi = self._predict(tokens, views, t_audio, self.aug_encoder_a, self.cross_attn_a, "t_audio")
+            out.inter_audio = self.pred_a_inter(centroid)
+            out.equi_audio = None if equi is None else self.pred_a_intra(equi)
+            out.aug_audio = None if tokens_aug is None else self.pred_a_intra(tokens_aug.mean(dim=1))
+        if image is not None:
+            tokens, tokens_aug = self._two_views(
+                image, image_aug, self._embed_image_patches, self.blocks_v, self.norm_v, self.norm_v_aug
+            )
+            views = self._views(t_image_views, self.visual_views, tokens.shape[0], "t_image_views")
+            centroid, equi = self._predict(tokens, views, t_image, self.aug_encoder_v, self.cross_attn_v, "t_image")
+            out.inter_image = self.pred_v_inter(centroid)
+            out.equi_image = None if equi is None else self.pred_v_intra(equi)
+            out.aug_image = None if tokens_aug is None else self.pred_v_intra(tokens_aug.mean(dim=1))
+        return out
+
+    def encode_audio(self, fbank: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """Inter-modal embedding (B, D) of normalized filterbanks, un-normalized (the authors' ``forward_feat``)."""
+        tokens = self.audio_tokens(fbank)
+        views = self._views(views, self.audio_views, tokens.shape[0], "views")
+        return self.pred_a_inter(self.cross_attn_a(tokens, self.aug_encoder_a(views)))
+
+    def encode_image(self, pixels: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """Inter-modal embedding (B, D) of normalized images, un-normalized (the authors' ``forward_feat``)."""
+        tokens = self.image_tokens(pixels)
+        views = self._views(views, self.visual_views, tokens.shape[0], "views")
+        return self.pred_v_inter(self.cross_attn_v(tokens, self.aug_encoder_v(views)))
+
+    def localize(self, audio: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Sound-source localization: how well each image patch matches the sound, (B, rows, cols) in [-1, 1].
+
+        Method: the audio clip's inter-modal embedding (centroid of the fixed views, L2-normalized) is compared by
+        cosine similarity with every image patch token projected into the same space by the visual inter head
+        (``pred_v_inter`` applied to each final-normed patch token instead of their pooled centroid). Patches showing
+        the sounding object score high. ``audio`` is a normalized filterbank batch (B, T, F), ``image`` normalized
+        pixels (B, 3, H, W); use ``equiav.localize.localize_files`` for raw files.
+        """
+        sound = F.normalize(self.encode_audio(audio), dim=-1)
+        patches = F.normalize(self.pred_v_inter(self.image_tokens(image)), dim=-1)
+        scores = torch.einsum("bnd,bd->bn", patches, sound)
+        return scores.unflatten(1, self.config.image_grid)
+
+    # ------------------------------------------------------------------ raw inputs
+
+    @torch.no_grad()
+    def embed_audio(
+        self,
+        x: Any,
+        sample_rate: int | None = None,
+        *,
+        windows: str = "crop",
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """L2-normalized embeddings (B, D) of audio files, waveforms (numpy or torch) or a list of them.
+
+        Arrays and tensors are waveforms and need ``sample_rate``; files carry their own. Any rate and channel count is
+        converted to mono at ``config.sample_rate``. ``windows="crop"`` keeps the first ``target_length`` frames and
+        zero-pads shorter clips (the authors' behaviour); ``windows="sliding"`` embeds consecutive windows covering the
+        whole clip and averages them.
+        """
+        from .frontend import audio_inputs_to_fbanks
+
+        items = _as_list(x)
+        fbanks = audio_inputs_to_fbanks(items, sample_rate, self.config, windows=windows)
+        counts = [f.shape[0] for f in fbanks]
+        flat = torch.cat(fbanks)
+        embeddings = F.normalize(self._batched(self.encode_audio, flat, batch_size, progress, "audio"), dim=-1)
+        pooled = [chunk.mean(dim=0) for chunk in embeddings.split(counts)]
+        return F.normalize(torch.stack(pooled), dim=-1)
+
+    @torch.no_grad()
+    def embed_image(self, x: Any, *, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """L2-normalized embeddings (B, D) of image files, PIL images, arrays, tensors or a list of them."""
+        from .image import preprocess_images
+
+        items = _as_list(x)
+        pixels = preprocess_images(items, self.config)
+        return F.normalize(self._batched(self.encode_image, pixels, batch_size, progress, "image"), dim=-1)
+
+    @torch.no_grad()
+    def embed_video(
+        self, path: str | Path | Sequence[str | Path], *, num_frames: int = 1, windows: str = "crop"
+    ) -> VideoEmbedding:
+        """Embeddings of the audio track and of the middle frame (or ``num_frames`` evenly spaced frames, averaged)."""
+        from .video import read_video_audio, read_video_frames
+
+        paths = _as_list(path)
+        audio_items, image_rows = [], []
+        for item in paths:
+            audio_items.append(read_video_audio(item, sample_rate=self.config.sample_rate))
+            frames = read_video_frames(item, num_frames=num_frames)
+            image_rows.append(F.normalize(self.embed_image(frames).mean(dim=0), dim=-1))
+        audio = self.embed_audio(audio_items, sample_rate=self.config.sample_rate, windows=windows)
+        return VideoEmbedding(audio=audio, image=torch.stack(image_rows))
+
+    def _batched(self, fn, inputs: torch.Tensor, batch_size: int, progress: bool, what: str) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        chunks = inputs.split(batch_size)
+        bar = tqdm(chunks, desc=f"embedding {what}", unit="batch", disable=not progress or len(chunks) < 2)
+        return torch.cat([fn(chunk.to(self.device)).float() for chunk in bar])
+
+    # ------------------------------------------------------------------ weights
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from .hub import save_weights
+
+        save_weights(self, Path(save_directory))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> EquiAVModel:  # type: ignore[override]
+        """Load a model from a registered name, a local directory, a hub repository or an authors' checkpoint file.
+
+        See ``equiav.hub.load_model`` for the keyword arguments (``revision``, ``config``, ``map_location``, ...).
+        """
+        from .hub import load_model
+
+        return load_model(cls, name_or_path, **kwargs)
+
+
+def _as_list(x: Any) -> list[Any]:
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise InvalidInputError("got an empty list of inputs")
+        return list(x)
+    return [x]
+
+
+def default_views(config: EquiAVConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed centroid views: ``num_views`` audio and visual vectors drawn with ``view_seed``."""
+    from .training.augment import AudioAugmenter, VisualAugmenter
+
+    generator = torch.Generator().manual_seed(config.view_seed)
+    audio = AudioAugmenter.for_config(config).sample_vectors(config.num_views, generator)
+    visual = VisualAugmenter.for_config(config).sample_vectors(config.num_views, generator)
+    return audio.float(), visual.float()

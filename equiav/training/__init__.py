@@ -1,0 +1,1 @@
+"""Pretraining support: contrastive losses and ``torch.distributed`` helpers."""

@@ -1,0 +1,311 @@
+"""Video front-end: probe a clip, decode its soundtrack, and pick frames, with PyAV (the optional ``video`` extra).
+
+Streams: when a file holds several video or audio streams, the one FFmpeg ranks best (``av_find_best_stream``,
+e.g. the highest resolution) is used, as the ``ffmpeg`` command line does by default.
+
+Times are presentation times in seconds, as a player shows them. The frame "at" time ``t`` is the frame on screen
+then: the last frame whose timestamp is <= ``t`` (the first frame when ``t`` precedes it). Frames are found by
+seeking to the nearest earlier keyframe and decoding forward, so one frame costs at most one group of pictures,
+not the whole video; frames close together are reached by decoding forward instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InvalidInputError, VideoDecodeError
+
+FRAME_POSITIONS = ("middle", "cav-mae")
+DOWNMIX_MODES = ("first", "mean")
+# CAV-MAE extracts its frames from the first 10 seconds of each clip.
+_CAV_MAE_SPAN_S = 10.0
+_TIME_EPS = 1e-6
+
+
+def _import_av() -> ModuleType:
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(
+            'reading video files needs PyAV; install it with: pip install "equiav[video]"'
+        ) from error
+    return av
+
+
+@contextmanager
+def _open_video(path: str | os.PathLike) -> Iterator[Any]:
+    """Open a media file, turning every FFmpeg failure while it is open into ``VideoDecodeError`` naming it."""
+    av = _import_av()
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInputError(f"video path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "does not exist"
+        raise VideoDecodeError(f"cannot read video {path}: the path {reason}")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise VideoDecodeError(f"cannot open video {path}: {error}") from error
+    try:
+        yield container
+    except av.FFmpegError as error:
+        raise VideoDecodeError(f"cannot decode video {path}: {error}") from error
+    finally:
+        container.close()
+
+
+def probe_video(path: str | os.PathLike) -> dict[str, Any]:
+    """Describe a media file without decoding it.
+
+    Returns ``duration`` (seconds, whole file), ``has_video``, ``width``, ``height``, ``fps``, ``num_frames`` (from
+    the header, else estimated as duration x fps), ``video_codec``, ``has_audio``, ``audio_sample_rate``,
+    ``audio_channels`` and ``audio_codec``; the fields of a missing stream are None.
+    """
+    with _open_video(path) as container:
+        video = container.streams.best("video")
+        audio = container.streams.best("audio")
+        info: dict[str, Any] = {"duration": _container_duration(container), "has_video": video is not None}
+        info.update(width=None, height=None, fps=None, num_frames=None, video_codec=None)
+        if video is not None:
+            start, end = _video_span(container, video)
+            fps = _frame_rate(video)
+            info.update(
+                width=video.codec_context.width,
+                height=video.codec_context.height,
+                fps=fps,
+                num_frames=video.frames or (round((end - start) * fps) if fps else None),
+                video_codec=video.codec_context.name,
+            )
+        info["has_audio"] = audio is not None
+        info.update(
+            audio_sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+            audio_channels=audio.codec_context.channels if audio is not None else None,
+            audio_codec=audio.codec_context.name if audio is not None else None,
+        )
+        return info
+
+
+def read_video_audio(
+    path: str | os.PathLike, sample_rate: int = 16000, downmix: str = "first"
+) -> torch.Tensor:
+    """Decode the soundtrack of a video (or any media file) to a mono float32 waveform at ``sample_rate``.
+
+    Resampling uses FFmpeg's resampler, as ``ffmpeg -ar`` does. ``downmix="first"`` keeps the first channel, which is
+    what CAV-MAE's extraction (and so EquiAV's training data) used; ``"mean"`` averages the channels. The waveform
+    starts at the first decoded sample (a late-starting audio stream is not padded). Raises ``VideoDecodeError`` when
+    the file has no audio stream or no decodable audio.
+    """
+    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if downmix not in DOWNMIX_MODES:
+        raise InvalidInputError(f"downmix must be one of {DOWNMIX_MODES}, got {downmix!r}")
+    av = _import_av()
+    with _open_video(path) as container:
+        stream = container.streams.best("audio")
+        if stream is None:
+            raise VideoDecodeError(f"video {path} has no audio stream")
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+        chunks = []
+        for frame in container.decode(stream):
+            chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(frame))
+        chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(None))
+    if not chunks:
+        raise VideoDecodeError(f"video {path}: its audio stream holds no decodable samples")
+    channels = np.concatenate(chunks, axis=1)
+    mono = channels[0] if downmix == "first" else channels.mean(axis=0)
+    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+
+
+def read_video_frames(
+    path: str | os.PathLike,
+    times: Sequence[float] | None = None,
+    num_frames: int = 1,
+    position: str = "middle",
+) -> list[Image.Image]:
+    """Decode RGB frames of a video as PIL images.
+
+    ``times`` (seconds) picks frames explicitly, in the given order; it overrides ``num_frames`` and ``position``.
+    Otherwise the clip is cut into ``num_frames`` equal segments and
+
+    * ``position="middle"`` takes the frame at the center of each segment (one frame: the middle of the clip, which
+      is EquiAV's test frame);
+    * ``position="cav-mae"`` reproduces CAV-MAE's ``extract_video_frame.py``: over the first
+      ``N = min(frame count, int(fps * 10))`` frames, frame ``i`` is frame number ``int(i * N / num_frames) - 1``
+      (the first frame for ``i = 0``). With ``num_frames=10``, index 5 is the frame EquiAV evaluates on.
+    """
+    with _open_video(path) as container:
+        stream = _video_stream(container, path)
+        start, end = _video_span(container, stream)
+        if times is None:
+            targets = _segment_times(start, end, _frame_rate(stream), stream.frames, num_frames, position)
+        else:
+            # A player keeps showing the last frame until the file ends, which may be after the video stream does.
+            file_end = max(
+                end, (container.start_time or 0) / 1_000_000 + (_container_duration(container) or 0.0)
+            )
+            targets = _checked_times(times, start, file_end, path)
+        return _frames_at(container, stream, targets, start, path)
+
+
+def read_video_frame_at(path: str | os.PathLike, time: float) -> Image.Image:
+    """The RGB frame on screen at ``time`` seconds (e.g. a random frame for training)."""
+    return read_video_frames(path, times=[time])[0]
+
+
+def _container_duration(container: Any) -> float | None:
+    return container.duration / 1_000_000 if container.duration is not None else None
+
+
+def _video_stream(container: Any, path: str | os.PathLike) -> Any:
+    stream = container.streams.best("video")
+    if stream is None:
+        raise VideoDecodeError(f"video {path} has no video stream")
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _video_span(container: Any, stream: Any) -> tuple[float, float]:
+    """(first, end) presentation time of the video stream in seconds, from the stream header or else the container's."""
+    base = float(stream.time_base)
+    if stream.start_time is not None:
+        start = stream.start_time * base
+    else:
+        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+    if stream.duration:
+        return start, start + stream.duration * base
+    total = _container_duration(container)
+    container_start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+    return start, (container_start + total) if total is not None else math.inf
+
+
+def _frame_rate(stream: Any) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else None
+
+
+def _segment_times(
+    start: float, end: float, fps: float | None, frame_count: int, num_frames: int, position: str
+) -> list[float]:
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise InvalidInputError(f"num_frames must be a positive integer, got {num_frames!r}")
+    if position not in FRAME_POSITIONS:
+        raise InvalidInputError(f"position must be one of {FRAME_POSITIONS}, got {position!r}")
+    if position == "middle":
+        if not math.isfinite(end):
+            raise VideoDecodeError("the video's duration is unknown; pass explicit times instead")
+        step = (end - start) / num_frames
+        return [start + (index + 0.5) * step for index in range(num_frames)]
+    if not fps:
+        raise VideoDecodeError("the video's frame rate is unknown; position='cav-mae' needs it")
+    estimated = round((end - start) * fps) if math.isfinite(end) else 0
+    total = min(frame_count or estimated, int(fps * _CAV_MAE_SPAN_S))
+    indices = [max(int(index * (total / num_frames)) - 1, 0) for index in range(num_frames)]
+    # Aim at the middle of each frame's display interval so rounding cannot land on its neighbour.
+    return [start + (frame_index + 0.5) / fps for frame_index in indices]
+
+
+def _checked_times(times: Sequence[float], start: float, end: float, path: str | os.PathLike) -> list[float]:
+    if isinstance(times, (str, bytes)) or not isinstance(times, Sequence) or len(times) == 0:
+        raise InvalidInputError(f"times must be a non-empty list of seconds, got {times!r}")
+    checked = []
+    for value in times:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise InvalidInputError(f"times must hold finite numbers of seconds, got {value!r}")
+        if value < 0 or value > end + _TIME_EPS:
+            raise InvalidInputError(
+                f"time {value} s is outside video {path}, which spans {start:.3f} to {end:.3f} s"
+            )
+        checked.append(float(value))
+    return checked
+
+
+def _frames_at(
+    container: Any, stream: Any, targets: list[float], start: float, path: str | os.PathLike
+) -> list[Image.Image]:
+    """Frames on screen at each target time, in the order of ``targets``."""
+    cursor = _FrameCursor(container, stream, start, path)
+    images = {target: cursor.frame_at(target).to_image() for target in sorted(set(targets))}
+    return [images[target] for target in targets]
+
+
+class _FrameCursor:
+    """Finds the frames on screen at increasing times, seeking or decoding forward, whichever looks cheaper.
+
+    Decoding forward wins when no keyframe lies between the current position and the target (a seek would land
+    before the current position). The keyframe positions are unknown in advance, so the cursor decodes forward when
+    the gap is no longer than the longest keyframe interval seen so far, and seeks otherwise.
+    """
+
+    def __init__(self, container: Any, stream: Any, start: float, path: str | os.PathLike) -> None:
+        self._container, self._stream, self._start, self._path = container, stream, start, path
+        self._frames: Iterator[Any] = iter(())
+        self._shown: Any = None  # last decoded frame at or before the previous target
+        self._ahead: Any = None  # first decoded frame after it (None once the stream has ended)
+        self._key_time: float | None = None
+        self._key_interval = 0.0
+
+    def frame_at(self, target: float) -> Any:
+        shown, ahead = self._shown, self._ahead
+        if ahead is not None and target < ahead.time and (shown is None or shown.time <= target):
+            return shown if shown is not None else ahead
+        if shown is not None and ahead is None and shown.time <= target:
+            return shown
+        if shown is not None and ahead is not None and target - ahead.time <= self._forward_limit(ahead.time):
+            self._advance(target)
+            return self._shown
+        return self._seek(target)
+
+    def _forward_limit(self, position: float) -> float:
+        since_key = position - self._key_time if self._key_time is not None else 0.0
+        return max(self._key_interval, since_key)
+
+    def _advance(self, target: float) -> None:
+        """Decode forward until the frame after ``target``, updating the shown/ahead frames and keyframe stats."""
+        if self._ahead is not None:
+            self._shown = self._ahead
+        self._ahead = None
+        for frame in self._frames:
+            if frame.time is None:
+                continue
+            if frame.key_frame:
+                if self._key_time is not None:
+                    self._key_interval = max(self._key_interval, frame.time - self._key_time)
+                self._key_time = frame.time
+            if frame.time <= target + _TIME_EPS:
+                self._shown = frame
+            else:
+                self._ahead = frame
+                return
+
+    def _seek(self, target: float) -> Any:
+        """Seek to the keyframe at or before ``target`` and decode forward to it.
+
+        Some demuxers land after the target; the seek point then moves back by 1, 2, 4... seconds until a frame at or
+        before the target is decoded, or the stream start is reached (the target then precedes the first frame).
+        """
+        base = float(self._stream.time_base)
+        rewind = 0.0
+        while True:
+            seek_time = max(target - rewind, self._start)
+            self._container.seek(int(math.floor(seek_time / base)), stream=self._stream, backward=True)
+            self._frames = self._container.decode(self._stream)
+            self._shown = self._ahead = self._key_time = None
+            self._advance(target)
+            if self._shown is not None:
+                return self._shown
+            if seek_time <= self._start:
+                if self._ahead is None:
+                    raise VideoDecodeError(f"video {self._path}: no decodable video frame")
+                return self._ahead
+            rewind = max(2 * rewind, 1.0)

@@ -1,0 +1,187 @@
+"""The model against the authors' outputs, and its public API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equiav import CheckpointError, EquiAVConfig, EquiAVModel, InvalidInputError, UnknownModelError
+from equiav.layers import sincos_2d
+
+OUTPUT_KEYS = {
+    "inter_audio": "z_a_inv",
+    "inter_image": "z_v_inv",
+    "equi_audio": "z_a_equi_t",
+    "equi_image": "z_v_equi_t",
+    "aug_audio": "z_a_aug",
+    "aug_image": "z_v_aug",
+}
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def official_model(official_dir):
+    return EquiAVModel.from_pretrained(official_dir / "pretrain_checkpoint.pth", config="equiav-test")
+
+
+@pytest.mark.parametrize("checkpoint", ["pretrain_checkpoint.pth", "pretrain_checkpoint_ddp_wrapped.pth"])
+@pytest.mark.parametrize("three_channels", [False, True])
+def test_forward_matches_authors(official_dir, parity, checkpoint, three_channels):
+    model = EquiAVModel.from_pretrained(official_dir / checkpoint, config="equiav-test")
+    a, a_aug = parity["input.a_fbank"], parity["input.a_aug_fbank"]
+    if three_channels:
+        a, a_aug = a[:, None].repeat(1, 3, 1, 1), a_aug[:, None].repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(
+            a,
+            parity["input.v"],
+            a_aug,
+            parity["input.v_aug"],
+            parity["input.t_a"],
+            parity["input.t_v"],
+            parity["input.t_a_list"],
+            parity["input.t_v_list"],
+        )
+    for field, key in OUTPUT_KEYS.items():
+        close(getattr(out, field), parity[f"output.{key}"])
+
+
+def test_tokens_and_encoders_match_authors(official_model, parity):
+    with torch.no_grad():
+        close(official_model.audio_tokens(parity["input.a_fbank"]), parity["debug.tokens_a"])
+        close(official_model.image_tokens(parity["input.v"]), parity["debug.tokens_v"])
+        close(official_model.encode_audio(parity["input.a_fbank"], parity["input.t_a_list"]), parity["output.z_a_feat"])
+        close(official_model.encode_image(parity["input.v"], parity["input.t_v_list"]), parity["output.z_v_feat"])
+        tokens = parity["debug.tokens_a"]
+        emb = official_model.aug_encoder_a(parity["input.t_a_list"])
+        close(emb, parity["debug.aug_emb_a_list"])
+        close(official_model.cross_attn_a(tokens, emb), parity["debug.centroid_a"])
+
+
+def test_shared_views_equal_per_sample_views(official_model, parity):
+    views = parity["input.t_a_list"][0]
+    fbank = parity["input.a_fbank"]
+    with torch.no_grad():
+        shared = official_model.encode_audio(fbank, views)
+        per_sample = official_model.encode_audio(fbank, views.expand(3, -1, -1))
+    close(shared, per_sample)
+
+
+def test_position_embeddings_equal_checkpoint(official_model):
+    cfg = official_model.config
+    torch.testing.assert_close(official_model.pos_embed_a[0], sincos_2d(*cfg.audio_grid, cfg.embed_dim), atol=1e-7, rtol=0)
+    torch.testing.assert_close(official_model.pos_embed_v[0], sincos_2d(*cfg.image_grid, cfg.embed_dim), atol=1e-7, rtol=0)
+
+
+def test_finetune_checkpoint_needs_backbone_only(official_dir, parity):
+    path = official_dir / "finetune_multimodal_checkpoint.pth"
+    with pytest.raises(CheckpointError, match="fine-tuning checkpoint"):
+        EquiAVModel.from_pretrained(path, config="equiav-test")
+    model = EquiAVModel.from_pretrained(path, config="equiav-test", backbone_only=True)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.blocks_a[1].attn.qkv.weight, raw["__M__.blocks_a.1.attn.qkv.weight"])
+    torch.testing.assert_close(model.norm_v.bias, raw["__M__.norm_v.bias"])
+
+
+def test_strict_loading_lists_problems(official_dir, tmp_path):
+    state = torch.load(official_dir / "pretrain_checkpoint.pth", map_location="cpu", weights_only=True)
+    del state["__M__.pred_a_inter.fc1.weight"]
+    state["__M__.surprise.weight"] = torch.zeros(3)
+    state["__M__.norm_a.weight"] = torch.zeros(5)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        EquiAVModel.from_pretrained(path, config="equiav-test")
+    message = str(info.value)
+    assert "pred_a_inter.fc1.weight" in message and "surprise.weight" in message and "norm_a.weight" in message
+    assert str(path) in message
+
+
+def test_save_and_reload_round_trip(official_model, parity, tmp_path):
+    official_model.save_pretrained(tmp_path / "converted")
+    assert (tmp_path / "converted" / "config.json").is_file()
+    reloaded = EquiAVModel.from_pretrained(tmp_path / "converted")
+    assert reloaded.config == official_model.config
+    torch.testing.assert_close(reloaded.audio_views, official_model.audio_views, rtol=0, atol=0)
+    with torch.no_grad():
+        a = parity["input.a_fbank"]
+        torch.testing.assert_close(reloaded.encode_audio(a), official_model.encode_audio(a), rtol=0, atol=0)
+
+
+def test_default_views_are_fixed_and_in_distribution():
+    cfg = EquiAVConfig.from_preset("equiav-test")
+    first, second = EquiAVModel(cfg), EquiAVModel(cfg)
+    torch.testing.assert_close(first.audio_views, second.audio_views, rtol=0, atol=0)
+    assert first.audio_views.shape == (cfg.num_views, 24) and first.visual_views.shape == (cfg.num_views, 18)
+    assert torch.all(first.audio_views[:, 7] == 1) and torch.all(first.visual_views[:, 0] == 1)
+    other = EquiAVModel(cfg.replace(view_seed=1))
+    assert not torch.equal(other.audio_views, first.audio_views)
+
+
+def test_encode_is_deterministic(official_model, parity):
+    with torch.no_grad():
+        a = parity["input.a_fbank"]
+        torch.testing.assert_close(official_model.encode_audio(a), official_model.encode_audio(a), rtol=0, atol=0)
+
+
+def test_view_draw_changes_embedding_little(official_model, parity):
+    """Two draws of the 16 views give nearly the same embedding: the cost of fixing them is small."""
+    from equiav.training.augment import AudioAugmenter
+
+    sampler = AudioAugmenter.for_config(official_model.config)
+    with torch.no_grad():
+        a = parity["input.a_fbank"]
+        first = official_model.encode_audio(a, sampler.sample_vectors(16, torch.Generator().manual_seed(1)))
+        second = official_model.encode_audio(a, sampler.sample_vectors(16, torch.Generator().manual_seed(2)))
+    cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1)
+    assert cosine.min() > 0.999
+
+
+def test_bad_shapes_and_dtypes_are_reported():
+    model = EquiAVModel("equiav-test").eval()
+    with pytest.raises(InvalidInputError, match="1024, 128"):
+        model.encode_audio(torch.zeros(2, 1000, 128))
+    with pytest.raises(InvalidInputError, match="dtype"):
+        model.encode_audio(torch.zeros(2, 1024, 128, dtype=torch.int64))
+    with pytest.raises(InvalidInputError, match="224"):
+        model.encode_image(torch.zeros(2, 3, 200, 200))
+    with pytest.raises(InvalidInputError, match="views"):
+        model.encode_image(torch.zeros(1, 3, 224, 224), views=torch.zeros(16, 24))
+
+
+def test_unknown_names():
+    with pytest.raises(UnknownModelError, match="equiav-base"):
+        EquiAVModel.from_pretrained("no-such-model")
+    with pytest.raises(UnknownModelError, match="without packaged weights"):
+        EquiAVModel.from_pretrained("equiav-base")
+
+
+def test_gradients_reach_every_trained_parameter():
+    model = EquiAVModel("equiav-tiny")
+    cfg = model.config
+    from equiav.training.augment import AudioAugmenter, VisualAugmenter
+
+    g = torch.Generator().manual_seed(0)
+    t_a = AudioAugmenter.for_config(cfg).sample_vectors(2, g)
+    t_v = VisualAugmenter.for_config(cfg).sample_vectors(2, g)
+    audio = torch.randn(2, cfg.target_length, cfg.num_mel_bins)
+    image = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    out = model(audio, image, audio.flip(1), image.flip(3), t_a, t_v)
+    sum(v.square().sum() for v in vars(out).values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+
+
+def test_bfloat16_model_runs():
+    model = EquiAVModel("equiav-tiny").eval()
+    cfg = model.config
+    audio = torch.randn(2, cfg.target_length, cfg.num_mel_bins)
+    with torch.no_grad():
+        reference = model.encode_audio(audio)
+        model.to(torch.bfloat16)
+        low = model.encode_audio(audio)
+    assert low.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(low.float(), reference, dim=-1).min() > 0.99
