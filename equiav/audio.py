@@ -157,7 +157,9 @@ def kaldi_fbank(
     else:
         signal, num_frames = _reflect_for_centered_frames(signal, window_size, hop)
     frames = signal.unfold(-1, window_size, hop)[:, :num_frames]
-    bank = _mel_bank(num_mel_bins, fft_size, float(sample_rate), low_freq, high_freq, waveform.device, waveform.dtype)
+    bank = _mel_bank(
+        num_mel_bins, fft_size, float(sample_rate), low_freq, high_freq, waveform.device, waveform.dtype
+    )
     window = _hann(window_size, waveform.device, waveform.dtype)
     out = _log_mel_rows(frames, fft_size, window, bank, preemphasis, remove_dc_offset)
     return out.reshape(*waveform.shape[:-1], num_frames, num_mel_bins)
@@ -217,7 +219,7 @@ def _log_mel_rows(
 # Resampling
 # ----------------------------------------------------------------------------------------------------------------
 
-_SINC_ZERO_CROSSINGS = 24
+_SINC_ZERO_CROSSINGS = 48
 _SINC_ROLLOFF = 0.94
 _KAISER_BETA = 10.0
 
@@ -255,7 +257,9 @@ def resample(waveform: Tensor, orig_sr: int, new_sr: int) -> Tensor:
         if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
             raise InvalidInputError(f"{name} must be a positive integer sample rate, got {rate!r}")
     if not isinstance(waveform, Tensor) or not waveform.is_floating_point() or waveform.dim() == 0:
-        raise InvalidInputError(f"waveform must be a floating-point torch.Tensor (..., N), got {_describe(waveform)}")
+        raise InvalidInputError(
+            f"waveform must be a floating-point torch.Tensor (..., N), got {_describe(waveform)}"
+        )
     if orig_sr == new_sr:
         return waveform
     divisor = math.gcd(int(orig_sr), int(new_sr))

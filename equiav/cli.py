@@ -30,7 +30,9 @@ def _load_model(args: argparse.Namespace):
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="equiav-tiny-digits", help="registered name, directory, checkpoint or hub id")
+    parser.add_argument(
+        "--model", default="equiav-tiny-digits", help="registered name, directory, checkpoint or hub id"
+    )
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) to pin")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -47,7 +49,12 @@ def _embed_files(model, paths: list[Path], modality: str | None, batch_size: int
     results: dict[str, tuple[list[Path], torch.Tensor]] = {}
     for kind, files in groups.items():
         rows = []
-        bar = tqdm(range(0, len(files), batch_size), desc=f"embedding {kind}", unit="batch", disable=len(files) <= batch_size)
+        bar = tqdm(
+            range(0, len(files), batch_size),
+            desc=f"embedding {kind}",
+            unit="batch",
+            disable=len(files) <= batch_size,
+        )
         for start in bar:
             chunk = files[start : start + batch_size]
             if kind == "audio":
@@ -79,14 +86,20 @@ def cmd_embed(args: argparse.Namespace) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
         if len(results) != 1:
-            raise SystemExit("equiav: .npy output holds one modality; use a .safetensors output for mixed inputs")
-        (files, embeddings), = results.values()
+            raise SystemExit(
+                "equiav: .npy output holds one modality; use a .safetensors output for mixed inputs"
+            )
+        ((files, embeddings),) = results.values()
         np.save(output, embeddings.float().numpy())
         output.with_suffix(".json").write_text(json.dumps([str(f) for f in files], indent=1))
-        print(f"wrote {tuple(embeddings.shape)} embeddings to {output} (file order in {output.with_suffix('.json')})")
+        print(
+            f"wrote {tuple(embeddings.shape)} embeddings to {output} (file order in {output.with_suffix('.json')})"
+        )
     elif output.suffix == ".safetensors":
         tensors = {key: emb.float().contiguous() for key, (_, emb) in results.items()}
-        metadata = {f"{key}_files": json.dumps([str(f) for f in files]) for key, (files, _) in results.items()}
+        metadata = {
+            f"{key}_files": json.dumps([str(f) for f in files]) for key, (files, _) in results.items()
+        }
         save_file(tensors, str(output), metadata=metadata)
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
         print(f"wrote {shapes} to {output}")
@@ -106,8 +119,9 @@ def cmd_similarity(args: argparse.Namespace) -> None:
     if args.plot:
         from .retrieval import plot_similarity
 
-        plot_similarity(similarity, args.plot, row_labels=[Path(p).name for p in args.audio],
-                        col_labels=[Path(p).name for p in args.image])  # fmt: skip
+        plot_similarity(
+            similarity, args.plot, title="audio-image similarity", query_name="audio", gallery_name="image"
+        )
         print(f"wrote {args.plot}")
 
 
@@ -135,15 +149,21 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="equiav", description="EquiAV audio-visual embeddings from the command line.")
+    parser = argparse.ArgumentParser(
+        prog="equiav", description="EquiAV audio-visual embeddings from the command line."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     embed = sub.add_parser("embed", help="embed audio, image or video files into a .npy or .safetensors file")
     embed.add_argument("inputs", nargs="+", help="files; the modality is taken from the extension")
     embed.add_argument("-o", "--output", required=True, help="output file (.npy or .safetensors)")
-    embed.add_argument("--modality", choices=["audio", "image", "video"], default=None, help="override the extension")
+    embed.add_argument(
+        "--modality", choices=["audio", "image", "video"], default=None, help="override the extension"
+    )
     embed.add_argument("--batch-size", type=int, default=32)
-    embed.add_argument("--windows", choices=["crop", "sliding"], default="crop", help="long audio: crop or average windows")
+    embed.add_argument(
+        "--windows", choices=["crop", "sliding"], default="crop", help="long audio: crop or average windows"
+    )
     _add_model_arguments(embed)
     embed.set_defaults(func=cmd_embed)
 
@@ -161,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_arguments(conv)
     conv.set_defaults(func=convert.run)
 
-    info = sub.add_parser("info", help="versions, presets, packaged weights; with a model, its size and config")
+    info = sub.add_parser(
+        "info", help="versions, presets, packaged weights; with a model, its size and config"
+    )
     info.add_argument("model", nargs="?", default=None)
     info.add_argument("--revision", default=None)
     info.set_defaults(func=cmd_info)

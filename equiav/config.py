@@ -140,7 +140,9 @@ class EquiAVConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {unknown}; known fields are {sorted(known)}")
+            raise ConfigError(
+                f"{source}: unknown config field(s) {unknown}; known fields are {sorted(known)}"
+            )
         try:
             return cls(**data)
         except TypeError as error:
@@ -176,7 +178,9 @@ class EquiAVConfig:
     def from_preset(cls, name: str, **overrides: Any) -> EquiAVConfig:
         """The config of a named preset (see ``list_models``), with optional field overrides."""
         if name not in _PRESETS:
-            raise UnknownModelError(f"unknown model name {name!r}; available presets: {', '.join(list_models())}")
+            raise UnknownModelError(
+                f"unknown model name {name!r}; available presets: {', '.join(list_models())}"
+            )
         return cls(**{**_PRESETS[name], "name": name, **overrides})
 
 

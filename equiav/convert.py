@@ -84,7 +84,9 @@ def is_finetune_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(FINETUNE_HEAD) for k in state_dict)
 
 
-def infer_config(state_dict: dict[str, torch.Tensor], base: EquiAVConfig | None = None, **overrides: Any) -> EquiAVConfig:
+def infer_config(
+    state_dict: dict[str, torch.Tensor], base: EquiAVConfig | None = None, **overrides: Any
+) -> EquiAVConfig:
     """Architecture sizes read off the tensor shapes; what shapes cannot tell comes from ``base`` or ``overrides``.
 
     Shapes fix the embedding, depth, patch, augmentation, predictor and head sizes. They cannot fix the number of
@@ -96,7 +98,9 @@ def infer_config(state_dict: dict[str, torch.Tensor], base: EquiAVConfig | None 
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in sd:
-            raise CheckpointError(f"cannot infer the architecture: tensor '{key}' is missing from the checkpoint")
+            raise CheckpointError(
+                f"cannot infer the architecture: tensor '{key}' is missing from the checkpoint"
+            )
         return tuple(sd[key].shape)
 
     embed_dim, in_chans, patch, _ = shape("patch_embed_a.proj.weight")
@@ -117,7 +121,11 @@ def infer_config(state_dict: dict[str, torch.Tensor], base: EquiAVConfig | None 
         values.update(target_length=shape("pos_embed_a")[1] // rows * patch)
     if "aug_encoder_a.0.weight" in sd:
         aug_embed, audio_aug = shape("aug_encoder_a.0.weight")
-        values.update(aug_embed_dim=aug_embed, audio_aug_dim=audio_aug, visual_aug_dim=shape("aug_encoder_v.0.weight")[1])
+        values.update(
+            aug_embed_dim=aug_embed,
+            audio_aug_dim=audio_aug,
+            visual_aug_dim=shape("aug_encoder_v.0.weight")[1],
+        )
         inner = shape("cross_attn_a.attn.to_q.weight")[0]
         heads = base.cross_attn_heads if inner % base.cross_attn_heads == 0 else 1
         values.update(
@@ -136,7 +144,10 @@ def infer_config(state_dict: dict[str, torch.Tensor], base: EquiAVConfig | None 
 
 
 def check_state_dict(
-    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], source: str, allow_missing: tuple[str, ...] = ()
+    expected: dict[str, torch.Tensor],
+    given: dict[str, torch.Tensor],
+    source: str,
+    allow_missing: tuple[str, ...] = (),
 ) -> None:
     """Raise a ``CheckpointError`` listing every missing, unexpected or mis-shaped tensor."""
     missing = sorted(k for k in expected if k not in given and not k.startswith(allow_missing))
@@ -184,7 +195,9 @@ def load_mae_weights(model: torch.nn.Module, source: str | Path | dict[str, torc
     sd = source if isinstance(source, dict) else read_checkpoint(source)
     mapped = mae_to_equiav(sd)
     own = model.state_dict()
-    check_state_dict({k: own[k] for k in mapped if k in own}, {k: v for k, v in mapped.items() if k in own}, name)
+    check_state_dict(
+        {k: own[k] for k in mapped if k in own}, {k: v for k, v in mapped.items() if k in own}, name
+    )
     unknown = sorted(k for k in mapped if k not in own)
     if unknown:
         raise CheckpointError(f"{name}: MAE tensors without a counterpart in the model: {unknown[:10]}")
@@ -217,9 +230,15 @@ def main(argv: list[str] | None = None) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="the authors' checkpoint file (__M__.-prefixed state dict)")
     parser.add_argument("output_dir", help="directory to write config.json and model.safetensors to")
-    parser.add_argument("--preset", default=None, help="preset whose settings fill what the shapes cannot tell")
-    parser.add_argument("--num-heads", type=int, default=None, help="attention heads of the towers (default dim/64)")
-    parser.add_argument("--num-mel-bins", type=int, default=None, help="mel bins of the audio input (default 128)")
+    parser.add_argument(
+        "--preset", default=None, help="preset whose settings fill what the shapes cannot tell"
+    )
+    parser.add_argument(
+        "--num-heads", type=int, default=None, help="attention heads of the towers (default dim/64)"
+    )
+    parser.add_argument(
+        "--num-mel-bins", type=int, default=None, help="mel bins of the audio input (default 128)"
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -13,7 +13,9 @@ from .config import EquiAVConfig
 from .errors import InvalidInputError
 
 
-def audio_input_to_fbanks(item: Any, sample_rate: int | None, config: EquiAVConfig, windows: str) -> torch.Tensor:
+def audio_input_to_fbanks(
+    item: Any, sample_rate: int | None, config: EquiAVConfig, windows: str
+) -> torch.Tensor:
     """One audio file path, numpy array or tensor -> normalized filterbank windows (W, T, F); W = 1 with "crop"."""
     if isinstance(item, (str, Path)):
         fbank = load_fbank(item, config, windows=windows)

@@ -56,7 +56,9 @@ def save_weights(model: torch.nn.Module, directory: Path) -> None:
     model.config.save(directory / CONFIG_FILE)
 
 
-def _apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, strict: bool) -> None:
+def _apply_weights(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, strict: bool
+) -> None:
     views = {k: tensors.pop(k) for k in VIEW_KEYS if k in tensors}
     expected = model.state_dict()
     if strict:
@@ -81,17 +83,23 @@ def _config_for(config: EquiAVConfig | str | dict | None) -> EquiAVConfig | None
     return EquiAVConfig.from_dict(config)
 
 
-def load_directory(cls, directory: Path, config: EquiAVConfig | None = None, strict: bool = True, **overrides):
+def load_directory(
+    cls, directory: Path, config: EquiAVConfig | None = None, strict: bool = True, **overrides
+):
     """Load the saved format from a local directory."""
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if config is None:
         if not config_path.is_file():
-            raise ConfigError(f"{directory}: no {CONFIG_FILE}; expected a directory written by save_pretrained")
+            raise ConfigError(
+                f"{directory}: no {CONFIG_FILE}; expected a directory written by save_pretrained"
+            )
         config = EquiAVConfig.load(config_path)
     if overrides:
         config = config.replace(**overrides)
     if not weights_path.is_file():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}; expected a directory written by save_pretrained")
+        raise CheckpointError(
+            f"{directory}: no {WEIGHTS_FILE}; expected a directory written by save_pretrained"
+        )
     try:
         tensors = load_file(str(weights_path))
     except Exception as error:
@@ -173,7 +181,9 @@ def load_model(
     if name in PRETRAINED and not path.exists():
         folder = _packaged_dir(name)
         if folder is None:
-            raise UnknownModelError(f"the weights of {name!r} are not included in this installation of equiav")
+            raise UnknownModelError(
+                f"the weights of {name!r} are not included in this installation of equiav"
+            )
         model = load_directory(cls, folder, base, strict, **overrides)
     elif path.is_dir():
         model = load_directory(cls, path, base, strict, **overrides)

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .frontend import audio_input_to_fbanks
-from .image import load_image, preprocess_image
+from .image import load_image, preprocess_image, resized_size
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to RGB uint8 along a dark-blue -> red -> yellow ramp."""
-    stops = np.array([[0, 0, 80], [40, 0, 160], [200, 20, 60], [255, 140, 0], [255, 255, 80]], dtype=np.float64)
+    stops = np.array(
+        [[0, 0, 80], [40, 0, 160], [200, 20, 60], [255, 140, 0], [255, 255, 80]], dtype=np.float64
+    )
     position = np.clip(values, 0.0, 1.0) * (len(stops) - 1)
     low = np.floor(position).astype(int).clip(0, len(stops) - 2)
     frac = (position - low)[..., None]
@@ -39,9 +41,8 @@ def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image
 
 def center_crop(image: Image.Image, config) -> Image.Image:
     """The resized, center-cropped image the model sees, so the heat map lines up with it."""
-    width, height = image.size
-    scale = config.image_resize / min(width, height)
-    resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
+    height, width = resized_size(image.height, image.width, config.image_resize)
+    resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
     left = (resized.width - config.image_size) // 2
     top = (resized.height - config.image_size) // 2
     return resized.crop((left, top, left + config.image_size, top + config.image_size))

@@ -75,7 +75,9 @@ def _as_config(config: EquiAVConfig | dict[str, Any] | str | None) -> EquiAVConf
         return EquiAVConfig.from_preset(config)
     if isinstance(config, dict):
         return EquiAVConfig.from_dict(config)
-    raise InvalidInputError(f"config must be an EquiAVConfig, a dict or a preset name, got {type(config).__name__}")
+    raise InvalidInputError(
+        f"config must be an EquiAVConfig, a dict or a preset name, got {type(config).__name__}"
+    )
 
 
 class EquiAVModel(
@@ -169,7 +171,11 @@ class EquiAVModel(
         if not audio.is_floating_point():
             raise InvalidInputError(f"audio must be a floating-point filterbank, got dtype {audio.dtype}")
         ok_3d = audio.dim() == 3 and tuple(audio.shape[1:]) == (cfg.target_length, cfg.num_mel_bins)
-        ok_4d = audio.dim() == 4 and tuple(audio.shape[1:]) == (cfg.in_chans, cfg.target_length, cfg.num_mel_bins)
+        ok_4d = audio.dim() == 4 and tuple(audio.shape[1:]) == (
+            cfg.in_chans,
+            cfg.target_length,
+            cfg.num_mel_bins,
+        )
         if not (ok_3d or ok_4d):
             raise InvalidInputError(f"audio must have shape {expected}, got {tuple(audio.shape)}")
         return audio.to(device=self.device, dtype=self.dtype)
@@ -180,7 +186,9 @@ class EquiAVModel(
         if not isinstance(image, torch.Tensor):
             raise InvalidInputError(f"image must be a tensor of shape {expected}, got {type(image).__name__}")
         if not image.is_floating_point():
-            raise InvalidInputError(f"image must be a normalized floating-point tensor, got dtype {image.dtype}")
+            raise InvalidInputError(
+                f"image must be a normalized floating-point tensor, got dtype {image.dtype}"
+            )
         if image.dim() != 4 or tuple(image.shape[1:]) != (cfg.in_chans, cfg.image_size, cfg.image_size):
             raise InvalidInputError(f"image must have shape {expected}, got {tuple(image.shape)}")
         return image.to(device=self.device, dtype=self.dtype)
@@ -226,10 +234,16 @@ class EquiAVModel(
 
     # ------------------------------------------------------------------ predictor
 
-    def _views(self, views: torch.Tensor | None, default: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    def _views(
+        self, views: torch.Tensor | None, default: torch.Tensor, batch: int, name: str
+    ) -> torch.Tensor:
         if views is None:
             return default
-        if not isinstance(views, torch.Tensor) or views.dim() not in (2, 3) or views.shape[-1] != default.shape[-1]:
+        if (
+            not isinstance(views, torch.Tensor)
+            or views.dim() not in (2, 3)
+            or views.shape[-1] != default.shape[-1]
+        ):
             shape = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
             raise InvalidInputError(
                 f"{name} must be (S, {default.shape[-1]}) or (B, S, {default.shape[-1]}) augmentation vectors, got {shape}"
@@ -288,7 +302,9 @@ class EquiAVModel(
                 audio, audio_aug, self._embed_audio_patches, self.blocks_a, self.norm_a, self.norm_a_aug
             )
             views = self._views(t_audio_views, self.audio_views, tokens.shape[0], "t_audio_views")
-            centroid, equi = self._predict(tokens, views, t_audio, self.aug_encoder_a, self.cross_attn_a, "t_audio")
+            centroid, equi = self._predict(
+                tokens, views, t_audio, self.aug_encoder_a, self.cross_attn_a, "t_audio"
+            )
             out.inter_audio = self.pred_a_inter(centroid)
             out.equi_audio = None if equi is None else self.pred_a_intra(equi)
             out.aug_audio = None if tokens_aug is None else self.pred_a_intra(tokens_aug.mean(dim=1))
@@ -297,7 +313,9 @@ class EquiAVModel(
                 image, image_aug, self._embed_image_patches, self.blocks_v, self.norm_v, self.norm_v_aug
             )
             views = self._views(t_image_views, self.visual_views, tokens.shape[0], "t_image_views")
-            centroid, equi = self._predict(tokens, views, t_image, self.aug_encoder_v, self.cross_attn_v, "t_image")
+            centroid, equi = self._predict(
+                tokens, views, t_image, self.aug_encoder_v, self.cross_attn_v, "t_image"
+            )
             out.inter_image = self.pred_v_inter(centroid)
             out.equi_image = None if equi is None else self.pred_v_intra(equi)
             out.aug_image = None if tokens_aug is None else self.pred_v_intra(tokens_aug.mean(dim=1))
@@ -354,7 +372,9 @@ class EquiAVModel(
         fbanks = audio_inputs_to_fbanks(items, sample_rate, self.config, windows=windows)
         counts = [f.shape[0] for f in fbanks]
         flat = torch.cat(fbanks)
-        embeddings = F.normalize(self._batched(self.encode_audio, flat, batch_size, progress, "audio"), dim=-1)
+        embeddings = F.normalize(
+            self._batched(self.encode_audio, flat, batch_size, progress, "audio"), dim=-1
+        )
         pooled = [chunk.mean(dim=0) for chunk in embeddings.split(counts)]
         return F.normalize(torch.stack(pooled), dim=-1)
 

@@ -183,22 +183,30 @@ def retrieval_metrics(
 def audio_visual_retrieval(
     audio: torch.Tensor,
     video: torch.Tensor,
-    labels: Sequence | torch.Tensor | None = None,
+    audio_labels: Sequence | torch.Tensor | None = None,
+    video_labels: Sequence | torch.Tensor | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     ties: str = "pessimistic",
 ) -> dict[str, dict[str, float]]:
-    """Both directions over paired clips: ``video_to_audio`` (visual queries) and ``audio_to_video``.
+    """Both directions: ``video_to_audio`` (visual queries, audio gallery) and ``audio_to_video``.
 
-    ``audio[i]`` and ``video[i]`` belong to the same clip; ``labels`` (one per clip) switches to class-level hits.
+    Without labels ``audio[i]`` and ``video[i]`` are the same clip (instance level). With ``audio_labels`` only, the
+    rows are still paired clips and share those labels (class level). With both label lists the two sets may differ
+    in size (class level, e.g. AV-digits: recordings and images of digits).
     """
-    if audio.shape[0] != video.shape[0]:
-        raise InvalidInputError(
-            f"audio and video must hold the same clips, got {audio.shape[0]} and {video.shape[0]} rows"
-        )
+    if video_labels is None:
+        if audio.shape[0] != video.shape[0]:
+            raise InvalidInputError(
+                f"paired retrieval needs as many audio as video rows, got {audio.shape[0]} and {video.shape[0]}; "
+                "give audio_labels and video_labels for class-level retrieval between sets of different sizes"
+            )
+        video_labels = audio_labels
+    elif audio_labels is None:
+        raise InvalidInputError("video_labels needs audio_labels too")
     similarity = similarity_matrix(video, audio)
     return {
-        "video_to_audio": summarize_ranks(ranks(similarity, labels, labels, ties=ties), ks),
-        "audio_to_video": summarize_ranks(ranks(similarity.T, labels, labels, ties=ties), ks),
+        "video_to_audio": summarize_ranks(ranks(similarity, video_labels, audio_labels, ties=ties), ks),
+        "audio_to_video": summarize_ranks(ranks(similarity.T, audio_labels, video_labels, ties=ties), ks),
     }
 
 

@@ -31,6 +31,8 @@ DOWNMIX_MODES = ("first", "mean")
 # CAV-MAE extracts its frames from the first 10 seconds of each clip.
 _CAV_MAE_SPAN_S = 10.0
 _TIME_EPS = 1e-6
+# Decoding may stop this many seconds short of the declared end before a file counts as truncated.
+_TRUNCATION_SLACK_S = 1.0
 
 
 def _import_av() -> ModuleType:
@@ -84,7 +86,8 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
                 width=video.codec_context.width,
                 height=video.codec_context.height,
                 fps=fps,
-                num_frames=video.frames or (round((end - start) * fps) if fps else None),
+                num_frames=video.frames
+                or (round((end - start) * fps) if fps and math.isfinite(end) else None),
                 video_codec=video.codec_context.name,
             )
         info["has_audio"] = audio is not None
@@ -115,6 +118,7 @@ def read_video_audio(
         stream = container.streams.best("audio")
         if stream is None:
             raise VideoDecodeError(f"video {path} has no audio stream")
+        declared = stream.duration * float(stream.time_base) if stream.duration else None
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks = []
         for frame in container.decode(stream):
@@ -123,6 +127,12 @@ def read_video_audio(
     if not chunks:
         raise VideoDecodeError(f"video {path}: its audio stream holds no decodable samples")
     channels = np.concatenate(chunks, axis=1)
+    decoded = channels.shape[1] / sample_rate
+    if declared is not None and decoded < declared - _TRUNCATION_SLACK_S:
+        raise VideoDecodeError(
+            f"video {path}: decoded {decoded:.3f} s of audio although its header declares {declared:.3f} s; "
+            "the file is probably truncated"
+        )
     mono = channels[0] if downmix == "first" else channels.mean(axis=0)
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
@@ -144,18 +154,22 @@ def read_video_frames(
       ``N = min(frame count, int(fps * 10))`` frames, frame ``i`` is frame number ``int(i * N / num_frames) - 1``
       (the first frame for ``i = 0``). With ``num_frames=10``, index 5 is the frame EquiAV evaluates on.
     """
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise InvalidInputError(f"num_frames must be a positive integer, got {num_frames!r}")
+    if position not in FRAME_POSITIONS:
+        raise InvalidInputError(f"position must be one of {FRAME_POSITIONS}, got {position!r}")
     with _open_video(path) as container:
         stream = _video_stream(container, path)
         start, end = _video_span(container, stream)
         if times is None:
-            targets = _segment_times(start, end, _frame_rate(stream), stream.frames, num_frames, position)
+            targets = _segment_times(
+                start, end, _frame_rate(stream), stream.frames, num_frames, position, path
+            )
         else:
             # A player keeps showing the last frame until the file ends, which may be after the video stream does.
-            file_end = max(
-                end, (container.start_time or 0) / 1_000_000 + (_container_duration(container) or 0.0)
-            )
+            file_end = max(end, _container_start(container) + (_container_duration(container) or 0.0))
             targets = _checked_times(times, start, file_end, path)
-        return _frames_at(container, stream, targets, start, path)
+        return _frames_at(container, stream, targets, (start, end), path)
 
 
 def read_video_frame_at(path: str | os.PathLike, time: float) -> Image.Image:
@@ -167,6 +181,10 @@ def _container_duration(container: Any) -> float | None:
     return container.duration / 1_000_000 if container.duration is not None else None
 
 
+def _container_start(container: Any) -> float:
+    return container.start_time / 1_000_000 if container.start_time is not None else 0.0
+
+
 def _video_stream(container: Any, path: str | os.PathLike) -> Any:
     stream = container.streams.best("video")
     if stream is None:
@@ -176,17 +194,13 @@ def _video_stream(container: Any, path: str | os.PathLike) -> Any:
 
 
 def _video_span(container: Any, stream: Any) -> tuple[float, float]:
-    """(first, end) presentation time of the video stream in seconds, from the stream header or else the container's."""
+    """(start, end) of the video stream in seconds, from its own header or else from the container's."""
     base = float(stream.time_base)
-    if stream.start_time is not None:
-        start = stream.start_time * base
-    else:
-        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+    start = stream.start_time * base if stream.start_time is not None else _container_start(container)
     if stream.duration:
         return start, start + stream.duration * base
     total = _container_duration(container)
-    container_start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
-    return start, (container_start + total) if total is not None else math.inf
+    return start, (_container_start(container) + total) if total is not None else math.inf
 
 
 def _frame_rate(stream: Any) -> float | None:
@@ -195,19 +209,22 @@ def _frame_rate(stream: Any) -> float | None:
 
 
 def _segment_times(
-    start: float, end: float, fps: float | None, frame_count: int, num_frames: int, position: str
+    start: float,
+    end: float,
+    fps: float | None,
+    frame_count: int,
+    num_frames: int,
+    position: str,
+    path: str | os.PathLike,
 ) -> list[float]:
-    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
-        raise InvalidInputError(f"num_frames must be a positive integer, got {num_frames!r}")
-    if position not in FRAME_POSITIONS:
-        raise InvalidInputError(f"position must be one of {FRAME_POSITIONS}, got {position!r}")
+    """Target times of ``num_frames`` frames at ``position`` (see ``read_video_frames``)."""
     if position == "middle":
         if not math.isfinite(end):
-            raise VideoDecodeError("the video's duration is unknown; pass explicit times instead")
+            raise VideoDecodeError(f"video {path}: its duration is unknown; pass explicit times instead")
         step = (end - start) / num_frames
         return [start + (index + 0.5) * step for index in range(num_frames)]
     if not fps:
-        raise VideoDecodeError("the video's frame rate is unknown; position='cav-mae' needs it")
+        raise VideoDecodeError(f"video {path}: its frame rate is unknown, which position='cav-mae' needs")
     estimated = round((end - start) * fps) if math.isfinite(end) else 0
     total = min(frame_count or estimated, int(fps * _CAV_MAE_SPAN_S))
     indices = [max(int(index * (total / num_frames)) - 1, 0) for index in range(num_frames)]
@@ -231,10 +248,10 @@ def _checked_times(times: Sequence[float], start: float, end: float, path: str |
 
 
 def _frames_at(
-    container: Any, stream: Any, targets: list[float], start: float, path: str | os.PathLike
+    container: Any, stream: Any, targets: list[float], span: tuple[float, float], path: str | os.PathLike
 ) -> list[Image.Image]:
     """Frames on screen at each target time, in the order of ``targets``."""
-    cursor = _FrameCursor(container, stream, start, path)
+    cursor = _FrameCursor(container, stream, span, path)
     images = {target: cursor.frame_at(target).to_image() for target in sorted(set(targets))}
     return [images[target] for target in targets]
 
@@ -247,8 +264,11 @@ class _FrameCursor:
     the gap is no longer than the longest keyframe interval seen so far, and seeks otherwise.
     """
 
-    def __init__(self, container: Any, stream: Any, start: float, path: str | os.PathLike) -> None:
-        self._container, self._stream, self._start, self._path = container, stream, start, path
+    def __init__(
+        self, container: Any, stream: Any, span: tuple[float, float], path: str | os.PathLike
+    ) -> None:
+        self._container, self._stream, self._path = container, stream, path
+        self._start, self._end = span
         self._frames: Iterator[Any] = iter(())
         self._shown: Any = None  # last decoded frame at or before the previous target
         self._ahead: Any = None  # first decoded frame after it (None once the stream has ended)
@@ -256,15 +276,32 @@ class _FrameCursor:
         self._key_interval = 0.0
 
     def frame_at(self, target: float) -> Any:
+        """The frame on screen at ``target``, which must not be earlier than the previous target."""
         shown, ahead = self._shown, self._ahead
-        if ahead is not None and target < ahead.time and (shown is None or shown.time <= target):
-            return shown if shown is not None else ahead
-        if shown is not None and ahead is None and shown.time <= target:
-            return shown
-        if shown is not None and ahead is not None and target - ahead.time <= self._forward_limit(ahead.time):
+        if shown is None and ahead is not None and target < ahead.time:
+            return ahead  # the target precedes the first frame
+        if shown is not None and shown.time <= target and (ahead is None or target < ahead.time):
+            pass  # still the frame found for the previous target
+        elif (
+            shown is not None and ahead is not None and target - ahead.time <= self._forward_limit(ahead.time)
+        ):
             self._advance(target)
-            return self._shown
-        return self._seek(target)
+        else:
+            self._seek(target)
+            if self._shown is None:
+                return self._ahead
+        if self._ahead is None:
+            self._check_complete(target)
+        return self._shown
+
+    def _check_complete(self, target: float) -> None:
+        """Raise when decoding stopped well before ``target`` and before the end the header declares."""
+        last = self._shown.time
+        if target - last > _TRUNCATION_SLACK_S and last < self._end - _TRUNCATION_SLACK_S:
+            raise VideoDecodeError(
+                f"video {self._path}: decoding stopped at {last:.3f} s although the header says the video lasts "
+                f"until {self._end:.3f} s; the file is probably truncated"
+            )
 
     def _forward_limit(self, position: float) -> float:
         since_key = position - self._key_time if self._key_time is not None else 0.0
@@ -288,7 +325,7 @@ class _FrameCursor:
                 self._ahead = frame
                 return
 
-    def _seek(self, target: float) -> Any:
+    def _seek(self, target: float) -> None:
         """Seek to the keyframe at or before ``target`` and decode forward to it.
 
         Some demuxers land after the target; the seek point then moves back by 1, 2, 4... seconds until a frame at or
@@ -303,9 +340,9 @@ class _FrameCursor:
             self._shown = self._ahead = self._key_time = None
             self._advance(target)
             if self._shown is not None:
-                return self._shown
+                return
             if seek_time <= self._start:
                 if self._ahead is None:
                     raise VideoDecodeError(f"video {self._path}: no decodable video frame")
-                return self._ahead
+                return
             rewind = max(2 * rewind, 1.0)

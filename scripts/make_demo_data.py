@@ -56,7 +56,9 @@ def draw(digit: int, font_file: str, angle: float) -> Image.Image:
     box = canvas.getbbox()
     glyph = canvas.crop(box)
     scale = 20 / max(glyph.size)
-    glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS)
+    glyph = glyph.resize(
+        (max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS
+    )
     out = Image.new("L", (28, 28), 0)
     out.paste(glyph, ((28 - glyph.width) // 2, (28 - glyph.height) // 2))
     return out

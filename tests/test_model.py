@@ -53,8 +53,14 @@ def test_tokens_and_encoders_match_authors(official_model, parity):
     with torch.no_grad():
         close(official_model.audio_tokens(parity["input.a_fbank"]), parity["debug.tokens_a"])
         close(official_model.image_tokens(parity["input.v"]), parity["debug.tokens_v"])
-        close(official_model.encode_audio(parity["input.a_fbank"], parity["input.t_a_list"]), parity["output.z_a_feat"])
-        close(official_model.encode_image(parity["input.v"], parity["input.t_v_list"]), parity["output.z_v_feat"])
+        close(
+            official_model.encode_audio(parity["input.a_fbank"], parity["input.t_a_list"]),
+            parity["output.z_a_feat"],
+        )
+        close(
+            official_model.encode_image(parity["input.v"], parity["input.t_v_list"]),
+            parity["output.z_v_feat"],
+        )
         tokens = parity["debug.tokens_a"]
         emb = official_model.aug_encoder_a(parity["input.t_a_list"])
         close(emb, parity["debug.aug_emb_a_list"])
@@ -72,8 +78,12 @@ def test_shared_views_equal_per_sample_views(official_model, parity):
 
 def test_position_embeddings_equal_checkpoint(official_model):
     cfg = official_model.config
-    torch.testing.assert_close(official_model.pos_embed_a[0], sincos_2d(*cfg.audio_grid, cfg.embed_dim), atol=1e-7, rtol=0)
-    torch.testing.assert_close(official_model.pos_embed_v[0], sincos_2d(*cfg.image_grid, cfg.embed_dim), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        official_model.pos_embed_a[0], sincos_2d(*cfg.audio_grid, cfg.embed_dim), atol=1e-7, rtol=0
+    )
+    torch.testing.assert_close(
+        official_model.pos_embed_v[0], sincos_2d(*cfg.image_grid, cfg.embed_dim), atol=1e-7, rtol=0
+    )
 
 
 def test_finetune_checkpoint_needs_backbone_only(official_dir, parity):
@@ -96,7 +106,9 @@ def test_strict_loading_lists_problems(official_dir, tmp_path):
     with pytest.raises(CheckpointError) as info:
         EquiAVModel.from_pretrained(path, config="equiav-test")
     message = str(info.value)
-    assert "pred_a_inter.fc1.weight" in message and "surprise.weight" in message and "norm_a.weight" in message
+    assert (
+        "pred_a_inter.fc1.weight" in message and "surprise.weight" in message and "norm_a.weight" in message
+    )
     assert str(path) in message
 
 
@@ -124,7 +136,9 @@ def test_default_views_are_fixed_and_in_distribution():
 def test_encode_is_deterministic(official_model, parity):
     with torch.no_grad():
         a = parity["input.a_fbank"]
-        torch.testing.assert_close(official_model.encode_audio(a), official_model.encode_audio(a), rtol=0, atol=0)
+        torch.testing.assert_close(
+            official_model.encode_audio(a), official_model.encode_audio(a), rtol=0, atol=0
+        )
 
 
 def test_view_draw_changes_embedding_little(official_model, parity):

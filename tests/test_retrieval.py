@@ -123,6 +123,11 @@ def test_audio_visual_directions() -> None:
     assert out["audio_to_video"] == retrieval_metrics(audio, video, labels, labels)
     table = format_table(out)
     assert "video_to_audio" in table and "R@10" in table
+    unpaired = audio_visual_retrieval(audio, video[:7], labels, labels[:7])
+    assert unpaired["audio_to_video"] == retrieval_metrics(audio, video[:7], labels, labels[:7])
+    assert unpaired["video_to_audio"]["num_queries"] == 7
+    with pytest.raises(InvalidInputError, match="paired"):
+        audio_visual_retrieval(audio, video[:7])
 
 
 def test_bad_inputs_raise() -> None:

@@ -593,34 +593,37 @@ def _saturation_rgb(x: torch.Tensor, factor: Sequence[float], pil_mean: bool) ->
     return _blend_clamped(x, _grey(x), factor)
 
 
-# Which of (v, p, q, t) feeds red, green and blue in each of the six hue sectors.
-_SECTOR_SOURCES = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+# Offsets of red, green and blue on the six-sector hue wheel of the HSV -> RGB conversion.
+_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)
 
 
 def _hue_rgb(x: torch.Tensor, shift: Sequence[float], pil_mean: bool) -> torch.Tensor:
-    """Rotate the hue by ``shift`` turns through HSV, with torchvision's clamping of the non-maximal channels."""
+    """Rotate the hue by ``shift`` turns through HSV, with torchvision's clamping of the non-maximal channels.
+
+    Channel c of the result is v * (1 - s * clamp(min(k, 4 - k), 0, 1)) with k = (offset_c + 6 h) mod 6, clamped to
+    [0, 1] except where k >= 4, where it is the unclamped maximum v, as in torchvision (this matters only for values
+    outside [0, 1], i.e. the faithful audio path). Written with arithmetic rather than per-pixel selects for speed.
+    """
     red, green, blue = x.unbind(dim=1)
     value = x.amax(dim=1)
     spread = value - x.amin(dim=1)
     grey = spread == 0
-    safe_spread = torch.where(grey, 1.0, spread)
-    sector_hue = torch.where(
+    safe_spread = spread.masked_fill(grey, 1.0)
+    sixths = torch.where(
         value == red,
         (green - blue) / safe_spread,
-        torch.where(value == green, 2.0 + (blue - red) / safe_spread, 4.0 + (red - green) / safe_spread),
+        torch.where(value == green, (blue - red) / safe_spread + 2.0, (red - green) / safe_spread + 4.0),
     )
-    hue = torch.where(grey, 0.0, sector_hue) / 6.0
-    hue = torch.remainder(hue + _column(shift, x)[:, 0], 1.0)
-    saturation = spread / torch.where(grey, 1.0, value)
-    scaled = hue * 6.0
-    sector = torch.floor(scaled)
-    frac = scaled - sector
-    p = (value * (1.0 - saturation)).clamp_(0.0, 1.0)
-    q = (value * (1.0 - saturation * frac)).clamp_(0.0, 1.0)
-    t = (value * (1.0 - saturation * (1.0 - frac))).clamp_(0.0, 1.0)
-    candidates = torch.stack((value, p, q, t), dim=1)
-    sources = _SECTOR_SOURCES.to(x.device)[sector.long().remainder_(6)]  # (N, H, W, 3)
-    return candidates.gather(1, sources.permute(0, 3, 1, 2))
+    turns = sixths / 6.0 + _column(shift, x)[:, 0]
+    scaled = (turns - torch.floor(turns)).mul_(6.0).unsqueeze(1)
+    saturation = (spread / value.masked_fill(grey, 1.0)).unsqueeze(1)
+    value = value.unsqueeze(1)
+    offsets = torch.tensor(_CHANNEL_OFFSETS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = scaled + offsets
+    k = k - 6.0 * torch.floor(k / 6.0)
+    weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    out = (value * (1.0 - saturation * weight)).clamp_(0.0, 1.0)
+    return out.add_((k >= 4.0) * (value - value.clamp(0.0, 1.0)))
 
 
 _RGB_JITTER = (_brightness_rgb, _contrast_rgb, _saturation_rgb, _hue_rgb)

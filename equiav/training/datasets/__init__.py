@@ -1,0 +1,1 @@
+"""Pretraining datasets; the public names are re-exported by ``equiav.training.data``."""

@@ -1,0 +1,374 @@
+"""Pretraining data: manifests, videos, shards and AV-digits on tiny inputs; draws, vectors, bad files, splits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from equiav.audio import load_fbank
+from equiav.config import EquiAVConfig
+from equiav.errors import ConfigError, DatasetError
+from equiav.image import load_image, preprocess_image
+from equiav.training.augment import AudioAugmenter, VisualAugmenter
+from equiav.training.data import (
+    AVDigitsDataset,
+    BadItem,
+    BadItemTracker,
+    DataConfig,
+    ManifestDataset,
+    ShardDataset,
+    VideoDataset,
+    avdigits_eval_set,
+    build_pretrain_dataset,
+    collate_pretrain,
+    extraction_crop,
+    frame_times,
+)
+from equiav.training.datasets.avdigits import split_images
+from equiav.training.datasets.items import pil_to_unit_tensor
+from equiav.training.datasets.shards import audio_settings
+from equiav.training.prepare import main as prepare_main
+from equiav.video import probe_video, read_video_frames
+
+TINY = EquiAVConfig.from_preset("equiav-tiny")
+FRAMES = 3
+VIEWS = 4
+SHORT_VIDEO = "big_buck_bunny_432_433.webm"
+LABELS = [("0", "/m/dog", "Dog"), ("1", "/m/cat", "Cat"), ("2", "/m/car", "Car")]
+
+
+def _write_clip(root: Path, video_id: str, seed: int) -> None:
+    """A 0.6 s tone with noise as 16 kHz WAV and FRAMES random 80x60 JPEG frames, in the authors' layout."""
+    rng = np.random.default_rng(seed)
+    time = np.arange(9600) / 16000
+    audio = 0.3 * np.sin(2 * np.pi * (300 + 150 * seed) * time) + 0.01 * rng.standard_normal(time.size)
+    (root / "audio").mkdir(exist_ok=True)
+    soundfile.write(root / "audio" / f"{video_id}.wav", audio.astype(np.float32), 16000)
+    for k in range(FRAMES):
+        (root / f"frame_{k}").mkdir(exist_ok=True)
+        pixels = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"frame_{k}" / f"{video_id}.jpg", quality=95)
+
+
+def _write_manifest(root: Path, labels: list[str], name: str = "train.json") -> Path:
+    entries = []
+    for number, label in enumerate(labels):
+        video_id = f"clip{number}"
+        _write_clip(root, video_id, number)
+        entries.append({"video_id": video_id, "wav": f"audio/{video_id}.wav", "video_path": ".", "labels": label})
+    path = root / name
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+@pytest.fixture()
+def manifest(tmp_path: Path) -> Path:
+    return _write_manifest(tmp_path, ["/m/dog", "/m/cat,/m/car", ""])
+
+
+@pytest.fixture()
+def label_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "class_labels_indices.csv"
+    path.write_text("index,mid,display_name\n" + "".join(f"{i},{m},{n}\n" for i, m, n in LABELS))
+    return path
+
+
+def _config(kind: str, path: Path, **changes) -> DataConfig:
+    return DataConfig(kind=kind, path=str(path), frame_count=FRAMES, num_views=VIEWS, **changes)
+
+
+def _frames_of(manifest: Path, video_id: str) -> list[Image.Image]:
+    return [load_image(manifest.parent / f"frame_{k}" / f"{video_id}.jpg") for k in range(FRAMES)]
+
+
+def _assert_same_items(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def _assert_vectors_describe_views(item: dict, raw_image: Image.Image) -> None:
+    """The augmented views are exactly the augmenters applied with the parameters decoded from the vectors."""
+    audio = AudioAugmenter.for_config(TINY)
+    torch.testing.assert_close(item["audio_aug"], audio.apply(item["audio"], audio.decode(item["t_audio"])))
+    visual = VisualAugmenter.for_config(TINY)
+    mean = torch.tensor(TINY.image_mean).view(3, 1, 1)
+    std = torch.tensor(TINY.image_std).view(3, 1, 1)
+    expected = (visual.apply(pil_to_unit_tensor(raw_image), visual.decode(item["t_image"])) - mean) / std
+    torch.testing.assert_close(item["image_aug"], expected)
+
+
+def test_manifest_item_shapes_views_and_vectors(manifest: Path) -> None:
+    dataset = build_pretrain_dataset(_config("manifest", manifest, roll_audio=False), TINY, "train")
+    assert isinstance(dataset, ManifestDataset) and len(dataset) == 3
+    item = dataset[1]
+    shapes = {key: tuple(value.shape) for key, value in item.items()}
+    assert shapes == {
+        "audio": (128, 128), "image": (3, 64, 64), "audio_aug": (128, 128), "image_aug": (3, 64, 64),
+        "t_audio": (24,), "t_image": (18,), "t_audio_views": (VIEWS, 24), "t_image_views": (VIEWS, 18),
+        "index": (), "label": (),
+    }  # fmt: skip
+    assert item["index"].item() == 1 and item["label"].item() == -1
+    # The original audio is the authors' filterbank of the file; the image one of the frames, resized and cropped.
+    assert torch.equal(item["audio"], load_fbank(manifest.parent / "audio" / "clip1.wav", TINY))
+    frames = _frames_of(manifest, "clip1")
+    matches = [k for k, frame in enumerate(frames) if torch.equal(preprocess_image(frame, TINY), item["image"])]
+    assert len(matches) == 1
+    _assert_vectors_describe_views(item, frames[matches[0]])
+    # The centroid vectors are fresh draws, not copies of the view's vector.
+    assert not torch.equal(item["t_audio_views"][0], item["t_audio_views"][1])
+
+
+def test_validation_uses_middle_frame_and_ignores_epoch(manifest: Path) -> None:
+    val = ManifestDataset(_config("manifest", manifest, val_path=str(manifest)), TINY, "val")
+    first = val[2]
+    val.set_epoch(5)
+    _assert_same_items(first, val[2])
+    frames = _frames_of(manifest, "clip2")
+    assert torch.equal(first["image"], preprocess_image(frames[FRAMES // 2], TINY))
+    # No roll in validation: the audio is the file's filterbank as it is.
+    assert torch.equal(first["audio"], load_fbank(manifest.parent / "audio" / "clip2.wav", TINY))
+    _assert_vectors_describe_views(first, frames[FRAMES // 2])
+    with pytest.raises(ConfigError, match="val_path"):
+        build_pretrain_dataset(_config("manifest", manifest), TINY, "val")
+
+
+def test_training_audio_is_rolled_in_time(manifest: Path) -> None:
+    dataset = ManifestDataset(_config("manifest", manifest), TINY, "train")
+    reference = load_fbank(manifest.parent / "audio" / "clip0.wav", TINY)
+    shifts = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        audio = dataset[0]["audio"]
+        shifts += [n for n in range(128) if torch.equal(torch.roll(reference, n, dims=0), audio)]
+    assert len(shifts) == 3 and len(set(shifts)) > 1
+
+
+def test_items_are_functions_of_seed_epoch_index(manifest: Path) -> None:
+    config = _config("manifest", manifest)
+    first, second = ManifestDataset(config, TINY, "train"), ManifestDataset(config, TINY, "train")
+    _assert_same_items(first[0], second[0])
+    second.set_epoch(1)
+    assert not torch.equal(first[0]["t_audio"], second[0]["t_audio"])
+    first.set_epoch(1)
+    _assert_same_items(first[0], second[0])
+    other_seed = ManifestDataset(config.replace(seed=1), TINY, "train")
+    assert not torch.equal(other_seed[0]["t_image_views"], first[0]["t_image_views"])
+
+
+def test_label_csv_gives_multi_hot_labels(manifest: Path, label_csv: Path, tmp_path: Path) -> None:
+    dataset = ManifestDataset(_config("manifest", manifest, label_csv=str(label_csv)), TINY, "train")
+    labels = torch.stack([dataset[i]["labels"] for i in range(3)])
+    assert torch.equal(labels, torch.tensor([[1.0, 0, 0], [0, 1, 1], [0, 0, 0]]))
+    (tmp_path / "other").mkdir()
+    unknown = _write_manifest(tmp_path / "other", ["/m/zebra"])
+    with pytest.raises(DatasetError, match="/m/zebra"):
+        ManifestDataset(_config("manifest", unknown, label_csv=str(label_csv)), TINY, "train")
+
+
+def test_bad_files_become_bad_items_and_stop_the_run(manifest: Path, caplog) -> None:
+    document = json.loads(manifest.read_text())
+    (manifest.parent / "audio" / "notes.wav").write_text("these are not audio samples\n")
+    document["data"][1]["wav"] = "audio/notes.wav"
+    document["data"][2]["wav"] = "audio/missing.wav"
+    document["data"].append({"video_id": "noframes", "wav": "audio/clip0.wav", "video_path": "elsewhere"})
+    manifest.write_text(json.dumps(document))
+    dataset = ManifestDataset(_config("manifest", manifest), TINY, "train")
+    items = [dataset[i] for i in range(4)]
+    assert [isinstance(item, BadItem) for item in items] == [False, True, True, True]
+    assert items[1].path.endswith("notes.wav") and items[2].path.endswith("missing.wav")
+    assert "frame_" in items[3].reason and items[3].index == 3
+
+    batch = collate_pretrain(items)
+    assert batch["index"].tolist() == [0] and len(batch["bad"]) == 3
+    assert collate_pretrain(items[1:]) == {"bad": items[1:]}
+
+    patient = BadItemTracker(max_fraction=0.5, min_items=10)
+    with caplog.at_level(logging.WARNING, logger="equiav.data"):
+        patient.update(batch)
+    assert patient.seen == 4 and patient.bad == 3
+    assert "notes.wav" in caplog.text and "missing.wav" in caplog.text
+    with pytest.raises(DatasetError, match=r"3 of 4 items \(75.00%\).*50.00%.*missing\.wav"):
+        patient.close()
+    strict = BadItemTracker(max_fraction=0.5, min_items=4)
+    with pytest.raises(DatasetError, match="notes.wav"):
+        strict.update(batch)
+    lenient = BadItemTracker(max_fraction=0.8, min_items=0)
+    lenient.update(batch)
+    lenient.close()
+
+
+def test_data_loader_workers_reproduce_items_across_epochs(shared_dir: Path) -> None:
+    dataset = AVDigitsDataset(_config("avdigits", shared_dir), TINY, "train")
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, [3, 700, 1499]),
+        batch_size=3,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=collate_pretrain,
+    )
+    seen = []
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        batch = next(iter(loader))
+        direct = collate_pretrain([dataset[i] for i in (3, 700, 1499)])
+        for key, value in direct.items():
+            assert key == "bad" or torch.equal(batch[key], value), key
+        seen.append(batch["t_audio"])
+    assert not torch.equal(seen[0], seen[1])
+
+
+def test_avdigits_split_by_speaker_and_pairs_same_digit(shared_dir: Path) -> None:
+    config = _config("avdigits", shared_dir / "data" / "fsdd")
+    train, val = AVDigitsDataset(config, TINY, "train"), AVDigitsDataset(config, TINY, "val")
+    train_speakers = {r.speaker for r in train.source.recordings}
+    assert {r.speaker for r in val.source.recordings} == {"theo"} and "theo" not in train_speakers
+    assert len(train) == 50 * 10 * len(train_speakers) and len(val) == 500
+
+    archive = np.load(shared_dir / "data" / "mnist" / "mnist_4k.npz")
+    mnist_images, mnist_labels = archive["images"], archive["labels"].astype(np.int64)
+    train_pools = split_images(mnist_labels, 0.2, 0, "train")
+    val_pools = split_images(mnist_labels, 0.2, 0, "val")
+    for digit in range(10):
+        assert not set(train_pools[digit]) & set(val_pools[digit])
+        assert len(train_pools[digit]) + len(val_pools[digit]) == 400 and len(val_pools[digit]) == 80
+    for dataset, pools in ((train, train_pools), (val, val_pools)):
+        for index in (0, 137, len(dataset) - 1):
+            item = dataset[index]
+            digit = int(dataset.source.recordings[index].path.name[0])
+            assert item["label"].item() == digit
+            candidates = np.flatnonzero(mnist_labels == digit)
+            matches = [i for i in candidates if torch.equal(preprocess_image(mnist_images[i], TINY), item["image"])]
+            assert matches and set(matches) <= set(pools[digit].tolist())
+
+
+def test_avdigits_eval_set(shared_dir: Path) -> None:
+    fbanks, images, audio_labels, image_labels = avdigits_eval_set(shared_dir, TINY)
+    assert fbanks.shape == (500, 128, 128) and images.shape == (800, 3, 64, 64)
+    assert torch.equal(torch.bincount(audio_labels), torch.full((10,), 50))
+    assert torch.equal(torch.bincount(image_labels), torch.full((10,), 80))
+    first = sorted((shared_dir / "data" / "fsdd" / "recordings").glob("*_theo_*.wav"))
+    assert any(torch.equal(fbanks[0], load_fbank(path, TINY)) for path in first[:3])
+    with pytest.raises(DatasetError, match="nobody"):
+        avdigits_eval_set(shared_dir, TINY, val_speakers=("nobody",))
+
+
+def test_frame_times_follow_cav_mae(shared_dir: Path) -> None:
+    info = {"has_video": True, "fps": 25.0, "num_frames": 300, "duration": 12.0}
+    expected = [(index + 0.5) / 25 for index in (0, 24, 49, 74, 99, 124, 149, 174, 199, 224)]
+    assert frame_times(info, 10, 10.0) == pytest.approx(expected)
+    video = shared_dir / "data" / "av" / SHORT_VIDEO
+    ours = read_video_frames(video, times=frame_times(probe_video(video), 4, 10.0))
+    theirs = read_video_frames(video, num_frames=4, position="cav-mae")
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, theirs))
+
+
+def _video_csv(tmp_path: Path, shared_dir: Path) -> Path:
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    csv = tmp_path / "videos.csv"
+    csv.write_text(f"path,labels\n{shared_dir / 'data' / 'av' / SHORT_VIDEO},/m/dog\n{broken},\n")
+    return csv
+
+
+def test_videos_decoded_on_the_fly_match_extracted_manifest(tmp_path: Path, shared_dir: Path) -> None:
+    csv = _video_csv(tmp_path, shared_dir)
+    videos = VideoDataset(_config("videos", csv, val_path=str(csv)), TINY, "val")
+    item, bad = videos[0], videos[1]
+    assert isinstance(bad, BadItem) and bad.path.endswith("broken.mp4")
+    path = videos.entries[0].path
+    frame = read_video_frames(path, times=[frame_times(probe_video(path), FRAMES, 10.0)[FRAMES // 2]])[0]
+    assert torch.equal(item["image"], preprocess_image(extraction_crop(frame), TINY))
+
+    out = tmp_path / "extracted"
+    args = ["extract", "--videos", str(csv), "--output", str(out), "--frames", str(FRAMES)]
+    assert prepare_main(args) == 1  # one of two videos is broken: above the default 1% limit
+    manifest = json.loads((out / "manifest.json").read_text())["data"]
+    assert [row["video_id"] for row in manifest] == ["big_buck_bunny_432_433"] and manifest[0]["labels"] == "/m/dog"
+    assert load_image(out / "frame_2" / "big_buck_bunny_432_433.jpg").size == (224, 224)
+    assert soundfile.info(manifest[0]["wav"]).samplerate == 16000
+    extracted = ManifestDataset(_config("manifest", out / "manifest.json", val_path=str(out / "manifest.json")),
+                                TINY, "val")[0]  # fmt: skip
+    for key in ("t_audio", "t_image", "t_audio_views", "t_image_views"):
+        assert torch.equal(extracted[key], item[key])
+    assert (extracted["audio"] - item["audio"]).abs().mean() < 0.01  # 16-bit WAV rounding only
+    assert (extracted["image"] - item["image"]).abs().mean() < 0.05  # JPEG rounding only
+
+
+def test_shards_round_trip_with_equal_counts_per_rank(tmp_path: Path, label_csv: Path) -> None:
+    manifest = _write_manifest(tmp_path, ["/m/dog", "/m/cat", "", "/m/car", "/m/dog,/m/cat"])
+    out = tmp_path / "shards"
+    args = ["shards", "--source", "manifest", "--input", str(manifest), "--output", str(out), "--shard-size", "2",
+            "--frames", str(FRAMES), "--model", "equiav-tiny", "--label-csv", str(label_csv)]  # fmt: skip
+    assert prepare_main(args) == 0
+    index = json.loads((out / "shards.json").read_text())
+    assert [s["count"] for s in index["shards"]] == [2, 2, 1] and index["labels"] == "multi"
+
+    config = _config("shards", out, val_path=str(out))
+    reference = ManifestDataset(_config("manifest", manifest, label_csv=str(label_csv)), TINY, "train")
+    per_rank = []
+    for rank in range(2):
+        shards = ShardDataset(config, TINY, "train", rank=rank, world_size=2)
+        loader = DataLoader(shards, batch_size=1, num_workers=2, collate_fn=collate_pretrain)
+        batches = list(loader)
+        assert len(batches) == shards.batches_per_rank(1, num_workers=2) == 2 == len(shards)
+        per_rank.append([int(b["index"]) for b in batches])
+        for batch in batches:
+            expected = reference[int(batch["index"])]
+            for key in ("image", "image_aug", "t_audio", "t_image", "t_audio_views", "t_image_views", "labels"):
+                assert torch.equal(batch[key][0], expected[key]), key
+            assert (batch["audio"][0] - expected["audio"]).abs().max() < 2e-3  # float16 storage
+    assert not set(per_rank[0]) & set(per_rank[1])
+
+    subset = ShardDataset(_config("shards", out / "shard-{000000..000001}.tar"), TINY, "train")
+    assert len(subset) == 4 and len(list(subset)) == 4
+    with pytest.raises(DatasetError, match="target_length"):
+        ShardDataset(config, EquiAVConfig.from_preset("equiav-test"), "train")
+
+
+def test_shard_plan_covers_each_sample_once(tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    out.mkdir()
+    counts = [2, 2, 1, 3]
+    shards = [{"file": f"s{i}.tar", "count": c} for i, c in enumerate(counts)]
+    meta = {"format": "equiav-shards", "shards": shards, "audio": audio_settings(TINY)}
+    (out / "shards.json").write_text(json.dumps(meta))
+    for world in range(1, 5):
+        for workers in range(1, 4):
+            taken = []
+            for rank in range(world):
+                dataset = ShardDataset(_config("shards", out), TINY, "train", rank=rank, world_size=world)
+                starts = np.cumsum([0] + counts)
+                rank_samples = [int(starts[shard]) + position
+                                for worker in range(workers)
+                                for shard, lo, hi in dataset.plan(3, rank, world, worker, workers)
+                                for position in range(lo, hi)]  # fmt: skip
+                assert len(rank_samples) == sum(counts) // world
+                taken += rank_samples
+            assert len(set(taken)) == len(taken) == (sum(counts) // world) * world
+
+
+def test_truncated_shard_keeps_counts_equal(tmp_path: Path) -> None:
+    manifest = _write_manifest(tmp_path, ["", "", "", ""])
+    out = tmp_path / "shards"
+    args = ["shards", "--source", "manifest", "--input", str(manifest), "--output", str(out), "--shard-size", "2",
+            "--frames", str(FRAMES), "--model", "equiav-tiny"]  # fmt: skip
+    assert prepare_main(args) == 0
+    shard = out / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1500])
+    items = []
+    for rank in range(2):
+        dataset = ShardDataset(_config("shards", out), TINY, "train", rank=rank, world_size=2)
+        rank_items = list(dataset)
+        assert len(rank_items) == 2
+        items += rank_items
+    bad = [item for item in items if isinstance(item, BadItem)]
+    assert len(bad) == 2 and all("shard-000001.tar" in item.path for item in bad)
