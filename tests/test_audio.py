@@ -76,6 +76,7 @@ def test_kaldi_fbank_batched_equals_per_clip_over_leading_dims():
     for i in range(2):
         for j in range(3):
             torch.testing.assert_close(batched[i, j], kaldi_fbank(clips[i, j], 16000), rtol=0, atol=1e-5)
+    assert kaldi_fbank(clips[:0], 16000).shape == (0, 3, batched.shape[2], 128)
 
 
 @pytest.mark.parametrize("block_rows", [7, 30, 64])
@@ -337,10 +338,12 @@ def test_prepare_waveform_averages_channels_in_either_layout():
         torch.testing.assert_close(prepare_waveform(x, 16000), expected)
 
 
-def test_prepare_waveform_accepts_big_endian_and_read_only_arrays():
+def test_prepare_waveform_accepts_big_endian_read_only_and_reversed_arrays():
     x = np.array([16384, -16384], dtype=">i2")
     x.flags.writeable = False
     torch.testing.assert_close(prepare_waveform(x, 16000), torch.tensor([0.5, -0.5]))
+    reversed_stereo = np.array([[0.1, 0.3], [0.5, 0.7], [0.9, 1.0]], dtype=np.float32)[::-1]
+    torch.testing.assert_close(prepare_waveform(reversed_stereo, 16000), torch.tensor([0.95, 0.6, 0.2]))
 
 
 def test_prepare_waveform_resamples_to_the_target_rate():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -63,7 +64,9 @@ def _write_manifest(root: Path, labels: list[str], name: str = "train.json") -> 
     for number, label in enumerate(labels):
         video_id = f"clip{number}"
         _write_clip(root, video_id, number)
-        entries.append({"video_id": video_id, "wav": f"audio/{video_id}.wav", "video_path": ".", "labels": label})
+        entries.append(
+            {"video_id": video_id, "wav": f"audio/{video_id}.wav", "video_path": ".", "labels": label}
+        )
     path = root / name
     path.write_text(json.dumps({"data": entries}))
     return path
@@ -120,7 +123,9 @@ def test_manifest_item_shapes_views_and_vectors(manifest: Path) -> None:
     # The original audio is the authors' filterbank of the file; the image one of the frames, resized and cropped.
     assert torch.equal(item["audio"], load_fbank(manifest.parent / "audio" / "clip1.wav", TINY))
     frames = _frames_of(manifest, "clip1")
-    matches = [k for k, frame in enumerate(frames) if torch.equal(preprocess_image(frame, TINY), item["image"])]
+    matches = [
+        k for k, frame in enumerate(frames) if torch.equal(preprocess_image(frame, TINY), item["image"])
+    ]
     assert len(matches) == 1
     _assert_vectors_describe_views(item, frames[matches[0]])
     # The centroid vectors are fresh draws, not copies of the view's vector.
@@ -162,6 +167,26 @@ def test_items_are_functions_of_seed_epoch_index(manifest: Path) -> None:
     _assert_same_items(first[0], second[0])
     other_seed = ManifestDataset(config.replace(seed=1), TINY, "train")
     assert not torch.equal(other_seed[0]["t_image_views"], first[0]["t_image_views"])
+
+
+def test_independent_aug_frame_and_faithful_audio(manifest: Path) -> None:
+    dataset = ManifestDataset(_config("manifest", manifest, independent_aug_frame=True), TINY, "train")
+    frames = _frames_of(manifest, "clip0")
+    visual = VisualAugmenter.for_config(TINY)
+    mean, std = torch.tensor(TINY.image_mean).view(3, 1, 1), torch.tensor(TINY.image_std).view(3, 1, 1)
+    pairs = set()
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        item = dataset[0]
+        first = next(k for k, f in enumerate(frames) if torch.equal(preprocess_image(f, TINY), item["image"]))
+        params = visual.decode(item["t_image"])
+        augmented = [(visual.apply(pil_to_unit_tensor(f), params) - mean) / std for f in frames]
+        second = min(range(FRAMES), key=lambda k: (augmented[k] - item["image_aug"]).abs().max())
+        torch.testing.assert_close(augmented[second], item["image_aug"])
+        pairs.add((first, second))
+    assert any(first != second for first, second in pairs)
+    faithful = ManifestDataset(_config("manifest", manifest, faithful_augment=True), TINY, "train")[0]
+    assert faithful["audio_aug"].shape == (3, 128, 128) and faithful["audio"].shape == (128, 128)
 
 
 def test_label_csv_gives_multi_hot_labels(manifest: Path, label_csv: Path, tmp_path: Path) -> None:
@@ -246,17 +271,27 @@ def test_avdigits_split_by_speaker_and_pairs_same_digit(shared_dir: Path) -> Non
             digit = int(dataset.source.recordings[index].path.name[0])
             assert item["label"].item() == digit
             candidates = np.flatnonzero(mnist_labels == digit)
-            matches = [i for i in candidates if torch.equal(preprocess_image(mnist_images[i], TINY), item["image"])]
+            matches = [
+                i for i in candidates if torch.equal(preprocess_image(mnist_images[i], TINY), item["image"])
+            ]
             assert matches and set(matches) <= set(pools[digit].tolist())
+    # Shards of the validation split store the deterministic partner where validation reads it (the middle frame).
+    raw = val.raw_sample(137)
+    assert raw.meta["label"] == val[137]["label"].item() and len(raw.frames) == FRAMES
+    stored = Image.open(io.BytesIO(raw.frames[FRAMES // 2][1]))
+    assert torch.equal(preprocess_image(stored, TINY), val[137]["image"])
 
 
 def test_avdigits_eval_set(shared_dir: Path) -> None:
-    fbanks, images, audio_labels, image_labels = avdigits_eval_set(shared_dir, TINY)
-    assert fbanks.shape == (500, 128, 128) and images.shape == (800, 3, 64, 64)
-    assert torch.equal(torch.bincount(audio_labels), torch.full((10,), 50))
-    assert torch.equal(torch.bincount(image_labels), torch.full((10,), 80))
-    first = sorted((shared_dir / "data" / "fsdd" / "recordings").glob("*_theo_*.wav"))
-    assert any(torch.equal(fbanks[0], load_fbank(path, TINY)) for path in first[:3])
+    fbanks, images, audio_labels, image_labels = avdigits_eval_set(shared_dir, TINY, per_digit=3)
+    assert fbanks.shape == (30, 128, 128) and images.shape == (30, 3, 64, 64)
+    assert torch.equal(audio_labels, torch.arange(10).repeat_interleave(3))
+    assert torch.equal(image_labels, torch.arange(10).repeat_interleave(3))
+    recordings = shared_dir / "data" / "fsdd" / "recordings"
+    assert torch.equal(fbanks[4], load_fbank(recordings / "1_theo_1.wav", TINY))
+    archive = np.load(shared_dir / "data" / "mnist" / "mnist_4k.npz")
+    first_val_nine = split_images(archive["labels"].astype(np.int64), 0.2, 0, "val")[9][0]
+    assert torch.equal(images[27], preprocess_image(archive["images"][first_val_nine], TINY))
     with pytest.raises(DatasetError, match="nobody"):
         avdigits_eval_set(shared_dir, TINY, val_speakers=("nobody",))
 
@@ -292,7 +327,9 @@ def test_videos_decoded_on_the_fly_match_extracted_manifest(tmp_path: Path, shar
     args = ["extract", "--videos", str(csv), "--output", str(out), "--frames", str(FRAMES)]
     assert prepare_main(args) == 1  # one of two videos is broken: above the default 1% limit
     manifest = json.loads((out / "manifest.json").read_text())["data"]
-    assert [row["video_id"] for row in manifest] == ["big_buck_bunny_432_433"] and manifest[0]["labels"] == "/m/dog"
+    assert [row["video_id"] for row in manifest] == ["big_buck_bunny_432_433"] and manifest[0][
+        "labels"
+    ] == "/m/dog"
     assert load_image(out / "frame_2" / "big_buck_bunny_432_433.jpg").size == (224, 224)
     assert soundfile.info(manifest[0]["wav"]).samplerate == 16000
     extracted = ManifestDataset(_config("manifest", out / "manifest.json", val_path=str(out / "manifest.json")),
@@ -323,7 +360,15 @@ def test_shards_round_trip_with_equal_counts_per_rank(tmp_path: Path, label_csv:
         per_rank.append([int(b["index"]) for b in batches])
         for batch in batches:
             expected = reference[int(batch["index"])]
-            for key in ("image", "image_aug", "t_audio", "t_image", "t_audio_views", "t_image_views", "labels"):
+            for key in (
+                "image",
+                "image_aug",
+                "t_audio",
+                "t_image",
+                "t_audio_views",
+                "t_image_views",
+                "labels",
+            ):
                 assert torch.equal(batch[key][0], expected[key]), key
             assert (batch["audio"][0] - expected["audio"]).abs().max() < 2e-3  # float16 storage
     assert not set(per_rank[0]) & set(per_rank[1])
@@ -341,11 +386,11 @@ def test_shard_plan_covers_each_sample_once(tmp_path: Path) -> None:
     shards = [{"file": f"s{i}.tar", "count": c} for i, c in enumerate(counts)]
     meta = {"format": "equiav-shards", "shards": shards, "audio": audio_settings(TINY)}
     (out / "shards.json").write_text(json.dumps(meta))
+    dataset = ShardDataset(_config("shards", out), TINY, "train")
     for world in range(1, 5):
         for workers in range(1, 4):
             taken = []
             for rank in range(world):
-                dataset = ShardDataset(_config("shards", out), TINY, "train", rank=rank, world_size=world)
                 starts = np.cumsum([0] + counts)
                 rank_samples = [int(starts[shard]) + position
                                 for worker in range(workers)

@@ -578,75 +578,86 @@ def _blend_clamped(x: torch.Tensor, other: torch.Tensor, factor: Sequence[float]
     return (_column(factor, x) * x + _column([1.0 - f for f in factor], x) * other).clamp_(0.0, 1.0)
 
 
-def _brightness_rgb(x: torch.Tensor, factor: Sequence[float], pil_mean: bool) -> torch.Tensor:
-    return (_column(factor, x) * x).clamp_(0.0, 1.0)
-
-
 def _contrast_rgb(x: torch.Tensor, factor: Sequence[float], pil_mean: bool) -> torch.Tensor:
+    """Blend with the image's mean grey level; Pillow rounds that mean to a whole 8-bit level (``pil_mean``)."""
     mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
     if pil_mean:
         mean = torch.floor(mean * 255.0 + 0.5) / 255.0
     return _blend_clamped(x, mean, factor)
 
 
-def _saturation_rgb(x: torch.Tensor, factor: Sequence[float], pil_mean: bool) -> torch.Tensor:
-    return _blend_clamped(x, _grey(x), factor)
-
-
 # Offsets of red, green and blue on the six-sector hue wheel of the HSV -> RGB conversion.
 _CHANNEL_OFFSETS = (5.0, 3.0, 1.0)
+# For a grey pixel rotated into hue sector i, the channel that torchvision sets to the unclamped value v.
+_UNCLAMPED_CHANNEL = ((1, 0, 0), (0, 1, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1), (1, 0, 0))
 
 
-def _hue_rgb(x: torch.Tensor, shift: Sequence[float], pil_mean: bool) -> torch.Tensor:
-    """Rotate the hue by ``shift`` turns through HSV, with torchvision's clamping of the non-maximal channels.
+def _hue_rgb(x: torch.Tensor, shift: Sequence[float]) -> torch.Tensor:
+    """Rotate the hue of an image in [0, 1] by ``shift`` turns through HSV.
 
-    Channel c of the result is v * (1 - s * clamp(min(k, 4 - k), 0, 1)) with k = (offset_c + 6 h) mod 6, clamped to
-    [0, 1] except where k >= 4, where it is the unclamped maximum v, as in torchvision (this matters only for values
-    outside [0, 1], i.e. the faithful audio path). Written with arithmetic rather than per-pixel selects for speed.
+    With v the maximum and d the spread of a pixel's channels, channel c of the result is
+    v - d * clamp(min(k, 4 - k), 0, 1) with k = (offset_c + 6 h) mod 6: the HSV -> RGB conversion written without
+    per-pixel selects. It stays inside [min, max] of the pixel, so no clamping is needed for inputs in [0, 1].
     """
     red, green, blue = x.unbind(dim=1)
     value = x.amax(dim=1)
     spread = value - x.amin(dim=1)
-    grey = spread == 0
-    safe_spread = spread.masked_fill(grey, 1.0)
+    inverse = 1.0 / spread.masked_fill(spread == 0, 1.0)
     sixths = torch.where(
         value == red,
-        (green - blue) / safe_spread,
-        torch.where(value == green, (blue - red) / safe_spread + 2.0, (red - green) / safe_spread + 4.0),
+        (green - blue) * inverse,
+        torch.where(
+            value == green, (blue - red).mul_(inverse).add_(2.0), (red - green).mul_(inverse).add_(4.0)
+        ),
     )
-    turns = sixths / 6.0 + _column(shift, x)[:, 0]
-    scaled = (turns - torch.floor(turns)).mul_(6.0).unsqueeze(1)
-    saturation = (spread / value.masked_fill(grey, 1.0)).unsqueeze(1)
-    value = value.unsqueeze(1)
-    offsets = torch.tensor(_CHANNEL_OFFSETS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    k = scaled + offsets
-    k = k - 6.0 * torch.floor(k / 6.0)
+    turns = sixths.div_(6.0).add_(_column(shift, x)[:, 0])
+    scaled = turns.sub_(torch.floor(turns)).mul_(6.0).unsqueeze(1)
+    k = scaled + torch.tensor(_CHANNEL_OFFSETS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k.sub_(torch.floor(k / 6.0).mul_(6.0))
     weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    out = (value * (1.0 - saturation * weight)).clamp_(0.0, 1.0)
-    return out.add_((k >= 4.0) * (value - value.clamp(0.0, 1.0)))
+    return value.unsqueeze(1) - spread.unsqueeze(1) * weight
 
 
-_RGB_JITTER = (_brightness_rgb, _contrast_rgb, _saturation_rgb, _hue_rgb)
+def _hue_grey(x: torch.Tensor, shift: Sequence[float]) -> torch.Tensor:
+    """torchvision's hue rotation of pixels whose three channels are equal (the faithful audio path).
+
+    A grey pixel keeps its value, but torchvision clamps two of the channels to [0, 1] and leaves the one chosen by
+    the hue sector of ``shift`` unclamped, so out-of-range values make the channels differ.
+    """
+    turns = torch.remainder(torch.tensor(shift, dtype=x.dtype, device=x.device), 1.0)
+    sector = torch.floor(turns * 6.0).long().remainder_(6)
+    keep = torch.tensor(_UNCLAMPED_CHANNEL, dtype=x.dtype, device=x.device)[sector].view(-1, 3, 1, 1)
+    value = x[:, :1]
+    clamped = value.clamp(0.0, 1.0)
+    return clamped + keep * (value - clamped)
 
 
 def _jitter_rgb(
-    x: torch.Tensor, params: Sequence[AudioAugParams | VisualAugParams], pil_mean: bool
+    x: torch.Tensor, params: Sequence[AudioAugParams | VisualAugParams], pil_mean: bool, grey: bool
 ) -> torch.Tensor:
-    """torchvision's clamped colour jitter on (N, 3, H, W), each item's four ops in its own order."""
+    """torchvision's clamped colour jitter on (N, 3, H, W), each item's four ops in its own order.
+
+    ``pil_mean`` rounds the contrast mean as Pillow; ``grey`` says the three channels are equal (faithful audio),
+    which selects the hue rotation that reproduces torchvision on out-of-range values.
+    """
     active = [k for k, p in enumerate(params) if p.color_jitter]
     for slot in range(4):
-        for op_id, op in enumerate(_RGB_JITTER):
+        for op_id in range(4):
             items = [k for k in active if params[k].jitter_order[slot] == op_id]
 
-            def run(sub: torch.Tensor, ids: list[int], op=op, op_id=op_id) -> torch.Tensor:
-                return op(sub, [_jitter_factors(params[k])[op_id] for k in ids], pil_mean)
+            def run(sub: torch.Tensor, ids: list[int], op_id: int = op_id) -> torch.Tensor:
+                factor = [(params[k].brightness, params[k].contrast, params[k].saturation, params[k].hue)[op_id]
+                          for k in ids]  # fmt: skip
+                if op_id == 0:
+                    return (_column(factor, sub) * sub).clamp_(0.0, 1.0)
+                if op_id == 1:
+                    return _contrast_rgb(sub, factor, pil_mean)
+                if op_id == 2:
+                    return _blend_clamped(sub, _grey(sub), factor)
+                return _hue_grey(sub, factor) if grey else _hue_rgb(sub, factor)
 
             x = _on_items(x, items, run)
     return x
-
-
-def _jitter_factors(p: AudioAugParams | VisualAugParams) -> tuple[float, float, float, float]:
-    return p.brightness, p.contrast, p.saturation, p.hue
 
 
 def _jitter_spectrogram(x: torch.Tensor, params: Sequence[AudioAugParams]) -> torch.Tensor:
@@ -910,7 +921,7 @@ class AudioAugmenter:
             x, [p.crop_box if p.crop else (0, 0, frames, bins) for p in params], (frames, bins)
         )
         if faithful:
-            x = _jitter_rgb(x.expand(-1, 3, -1, -1), params, pil_mean=False)
+            x = _jitter_rgb(x.expand(-1, 3, -1, -1), params, pil_mean=False, grey=True)
         else:
             x = _jitter_spectrogram(x, params)
         x = _blur(x, params, pil=False)
@@ -1014,7 +1025,7 @@ class VisualAugmenter:
         faithful = self.config.faithful
         boxes = [_pixel_box(p, *x.shape[-2:]) for p in params]
         x = _resized_crops(x, boxes, self.output_size)
-        x = _jitter_rgb(x, params, pil_mean=faithful)
+        x = _jitter_rgb(x, params, pil_mean=faithful, grey=False)
         x = _blur(x, params, pil=faithful)
         x = _flip_last(x, [p.flip for p in params])
         grey = [k for k, p in enumerate(params) if p.grayscale]

@@ -37,7 +37,12 @@ from .metrics import gather_in_order
 
 
 def load_backbone(
-    name: str, *, random_init: bool = False, seed: int = 0, preset: str | None = None, num_heads: int | None = None
+    name: str,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    preset: str | None = None,
+    num_heads: int | None = None,
 ) -> torch.nn.Module:
     """An ``EquiAVModel`` in eval mode: from a name, directory, hub repository or authors' checkpoint, or, with
     ``random_init``, a freshly initialized preset (seeded), as a chance-level reference."""
@@ -45,7 +50,9 @@ def load_backbone(
 
     if random_init:
         if name not in list_models():
-            raise InvalidInputError(f"--random-init needs a preset name ({', '.join(list_models())}), got {name!r}")
+            raise InvalidInputError(
+                f"--random-init needs a preset name ({', '.join(list_models())}), got {name!r}"
+            )
         torch.manual_seed(seed)
         return EquiAVModel(EquiAVConfig.from_preset(name)).eval()
     overrides = {"num_heads": num_heads} if num_heads else {}
@@ -116,7 +123,9 @@ def embed_rows(
 ) -> torch.Tensor:
     """L2-normalized inter embeddings of preloaded audio filterbanks or images, each rank doing its share."""
     encode = model.encode_audio if modality == "audio" else model.encode_image
-    loader = DataLoader(_Rows(inputs, shard(inputs.shape[0], ctx.rank, ctx.world_size)), batch_size=batch_size)
+    loader = DataLoader(
+        _Rows(inputs, shard(inputs.shape[0], ctx.rank, ctx.world_size)), batch_size=batch_size
+    )
     indices, rows = [], []
     for batch in _progress(loader, ctx, modality, progress):
         rows.append(F.normalize(encode(batch["input"].to(ctx.device)).float(), dim=-1))
@@ -124,7 +133,9 @@ def embed_rows(
     return _gathered(indices, rows, model, ctx)
 
 
-def _gathered(indices: list[torch.Tensor], rows: list[torch.Tensor], model, ctx: DistributedContext) -> torch.Tensor:
+def _gathered(
+    indices: list[torch.Tensor], rows: list[torch.Tensor], model, ctx: DistributedContext
+) -> torch.Tensor:
     dim = model.config.inter_proj_dim
     local_idx = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64, device=ctx.device)
     local = torch.cat(rows) if rows else torch.zeros(0, dim, device=ctx.device)
@@ -170,7 +181,11 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     ctx = setup_distributed(args.device)
     try:
         model = load_backbone(
-            args.model, random_init=args.random_init, seed=args.seed, preset=args.preset, num_heads=args.num_heads
+            args.model,
+            random_init=args.random_init,
+            seed=args.seed,
+            preset=args.preset,
+            num_heads=args.num_heads,
         ).to(ctx.device)
         config = model.config
         info: dict[str, Any] = {"model": args.model, "random_init": args.random_init, "ties": args.ties}
@@ -187,7 +202,9 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
             clips = ManifestClips(args.manifest, config, frame)
             audio, video = embed_manifest(model, clips, ctx, args.batch_size, args.num_workers, args.progress)
             labels = (manifest_labels(clips),) * 2 if args.class_level else (None, None)
-            info.update(data=str(args.manifest), frame=frame, level="class" if args.class_level else "instance")
+            info.update(
+                data=str(args.manifest), frame=frame, level="class" if args.class_level else "instance"
+            )
         result = {**info, "num_audio": audio.shape[0], "num_video": video.shape[0]}
         result.update(audio_visual_retrieval(audio, video, labels[0], labels[1], ks=args.ks, ties=args.ties))
         if ctx.is_main:
@@ -197,9 +214,13 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
         teardown_distributed()
 
 
-def _report(result: dict[str, Any], args: argparse.Namespace, audio: torch.Tensor, video: torch.Tensor) -> None:
+def _report(
+    result: dict[str, Any], args: argparse.Namespace, audio: torch.Tensor, video: torch.Tensor
+) -> None:
     directions = {k: result[k] for k in ("video_to_audio", "audio_to_video")}
-    print(f"{result['level']}-level retrieval, {result['num_audio']} audio / {result['num_video']} video items")
+    print(
+        f"{result['level']}-level retrieval, {result['num_audio']} audio / {result['num_video']} video items"
+    )
     print(format_table(directions))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -209,19 +230,28 @@ def _report(result: dict[str, Any], args: argparse.Namespace, audio: torch.Tenso
         from ..retrieval import plot_similarity
 
         title = f"video-to-audio similarity ({result['level']} level)"
-        plot_similarity(similarity_matrix(video, audio), args.plot, title=title, query_name="video", gallery_name="audio")
+        plot_similarity(
+            similarity_matrix(video, audio), args.plot, title=title, query_name="video", gallery_name="audio"
+        )
         print(f"wrote {args.plot}")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="registered name, directory, hub repo id or authors' .pth")
-    parser.add_argument("--preset", default=None, help="preset that fills what an authors' checkpoint cannot tell")
+    parser.add_argument(
+        "--model", required=True, help="registered name, directory, hub repo id or authors' .pth"
+    )
+    parser.add_argument(
+        "--preset", default=None, help="preset that fills what an authors' checkpoint cannot tell"
+    )
     parser.add_argument("--num-heads", type=int, default=None, help="attention heads (authors' checkpoints)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar (--no-progress)"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar (--no-progress)",
     )
 
 
@@ -233,10 +263,14 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", choices=["train", "val"], help="AV-digits split")
     parser.add_argument("--frame-count", type=int, default=10, help="frames per clip in the manifest layout")
     parser.add_argument("--frame", type=int, default=None, help="frame index (default: frame_count // 2)")
-    parser.add_argument("--class-level", action="store_true", help="manifest: a hit is any clip with the same label")
+    parser.add_argument(
+        "--class-level", action="store_true", help="manifest: a hit is any clip with the same label"
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="recall cut-offs")
     parser.add_argument("--ties", default="pessimistic", choices=TIE_RULES, help="how tied scores are ranked")
-    parser.add_argument("--random-init", action="store_true", help="randomly initialized preset (chance reference)")
+    parser.add_argument(
+        "--random-init", action="store_true", help="randomly initialized preset (chance reference)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     parser.add_argument("--output", default=None, help="write the results as JSON")
     parser.add_argument("--plot", default=None, help="write the video-to-audio similarity matrix as a PNG")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from ..config import EquiAVConfig
 from ..errors import EquiAVError
 from ..video import probe_video, read_video_audio, read_video_frames
+from .datasets.avdigits import NUM_DIGITS
 from .datasets.config import DataConfig
 from .datasets.items import DECODE_ERRORS, BadItem
 from .datasets.mapped import JPEG_QUALITY, PretrainDataset, RawSample
@@ -96,7 +97,9 @@ class VideoExtractor:
         for k, image in enumerate(images):
             folder = self.output / f"frame_{k}"
             folder.mkdir(parents=True, exist_ok=True)
-            extraction_crop(image, self.frame_size).save(folder / f"{entry.video_id}.jpg", quality=JPEG_QUALITY)
+            extraction_crop(image, self.frame_size).save(
+                folder / f"{entry.video_id}.jpg", quality=JPEG_QUALITY
+            )
         wav = self.output / "audio" / f"{entry.video_id}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
         soundfile.write(wav, waveform.clamp(-1.0, 1.0).numpy(), self.sample_rate, subtype="PCM_16")
@@ -172,10 +175,10 @@ def write_shards(args: argparse.Namespace) -> int:
     )
     split = args.split if args.source == "avdigits" else "train"
     dataset = build_pretrain_dataset(data, model, split)
-    if dataset.label_space is not None:
+    if args.source == "avdigits":
+        labels, classes = "single", NUM_DIGITS
+    elif dataset.label_space is not None:
         labels, classes = "multi", dataset.label_space.num_classes
-    elif args.source == "avdigits":
-        labels, classes = "single", 10
     else:
         labels, classes = "none", None
     meta = {
@@ -201,15 +204,21 @@ def write_shards(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m equiav.training.prepare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m equiav.training.prepare", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     ext = commands.add_parser("extract", help="decode videos into frames, 16 kHz audio and a manifest")
     ext.add_argument("--videos", required=True, help="folder of videos, or CSV with a 'path' column")
     ext.add_argument("--output", required=True, help="output folder")
     ext.add_argument("--frames", type=int, default=10, help="frames per video (default 10)")
-    ext.add_argument("--frame-size", type=int, default=FRAME_SIZE, help="resize short side + crop (default 224)")
-    ext.add_argument("--clip-seconds", type=float, default=10.0, help="take frames from the first N s (default 10)")
+    ext.add_argument(
+        "--frame-size", type=int, default=FRAME_SIZE, help="resize short side + crop (default 224)"
+    )
+    ext.add_argument(
+        "--clip-seconds", type=float, default=10.0, help="take frames from the first N s (default 10)"
+    )
     ext.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate (default 16000)")
     ext.add_argument("--manifest", default="manifest.json", help="manifest file name inside --output")
 
@@ -232,7 +241,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for sub in (ext, shards):
         sub.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-        sub.add_argument("--max-bad-fraction", type=float, default=0.01, help="fail above this (default 0.01)")
+        sub.add_argument(
+            "--max-bad-fraction", type=float, default=0.01, help="fail above this (default 0.01)"
+        )
     return parser
 
 

@@ -238,7 +238,7 @@ def _field_help(cls: type) -> dict[str, str]:
     """Per-field help from the class docstring's ``* ``name``: text`` bullets."""
     text = cls.__doc__ or ""
     pattern = re.compile(r"^\s*\*\s+``(\w+)``:\s*(.*?)(?=^\s*\*\s+``|^\s*$|\Z)", re.S | re.M)
-    return {m.group(1): " ".join(m.group(2).split()) for m in pattern.finditer(text)}
+    return {m.group(1): " ".join(m.group(2).replace("``", "").split()) for m in pattern.finditer(text)}
 
 
 def _is_union(hint: Any) -> bool:
@@ -370,7 +370,7 @@ def _add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -
         if is_dataclass(hint):
             _add_options(parser, hint, name + ".")
             continue
-        text = f"{helps.get(f.name, f.name.replace('_', ' '))} ({_default_text(f)})"
+        text = f"{helps.get(f.name, f.name.replace('_', ' '))} ({_default_text(f)})".replace("%", "%%")
         flag = f"--{_option(name)}"
         origin, args = get_origin(hint), get_args(hint)
         if hint is bool:
@@ -395,7 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m equiav.training.pretrain",
         description="Pretrain an EquiAV model. Options override the values of --config; run alone or under torchrun.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="PATH", help="JSON file with PretrainConfig fields (nested objects)")
     parser.add_argument(
@@ -556,6 +555,7 @@ class Trainer:
 
         self.train_data = DataStream(build_pretrain_dataset(cfg.data, self.model_config, "train"), cfg, ctx, True)
         self.val_data = self._val_stream()
+        self._eval_set: tuple[torch.Tensor, ...] | None = None
         self.steps_per_epoch = self.train_data.batches_per_epoch // cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
             raise ConfigError(
@@ -766,11 +766,13 @@ class Trainer:
         """Class-level zero-shot R@1 (fraction) on the held-out speakers and images, both directions."""
         from ..retrieval import retrieval_metrics
 
-        data = self.cfg.data
-        fbanks, images, audio_labels, image_labels = avdigits_eval_set(
-            data.path, self.model_config, "val", val_speakers=data.val_speakers,
-            val_fraction_images=data.val_fraction_images, image_split_seed=data.image_split_seed,
-        )  # fmt: skip
+        if self._eval_set is None:
+            data = self.cfg.data
+            self._eval_set = avdigits_eval_set(
+                data.path, self.model_config, "val", val_speakers=data.val_speakers,
+                val_fraction_images=data.val_fraction_images, image_split_seed=data.image_split_seed,
+            )  # fmt: skip
+        fbanks, images, audio_labels, image_labels = self._eval_set
         audio = embed_in_batches(self.model.encode_audio, fbanks, 256, self.ctx.device, self._autocast)
         image = embed_in_batches(self.model.encode_image, images, 256, self.ctx.device, self._autocast)
         a2i = retrieval_metrics(audio, image, audio_labels, image_labels, ks=(1,))

@@ -13,7 +13,8 @@ Protocol (``linear_probe``):
    L-BFGS and a strong-Wolfe line search until the largest gradient entry is below 1e-7 or 500 iterations.
 4. Regularization: ``l2`` from the fixed grid ``DEFAULT_L2_GRID`` = 1e-6, 1e-5, ..., 1e1 (8 values), chosen by the
    validation score (accuracy, or mAP for multi-label; the larger ``l2`` wins a tie). Without a validation split,
-   a stratified 20 % of the training rows (seeded) serves as one.
+   a stratified 20 % of the training rows (seeded) serves as one; on AV-digits one training speaker is held out
+   instead (``--val-speaker``, default the last in alphabetical order), so no voice is in two splits.
 5. The chosen ``l2`` is refit on training + validation rows and scored once on the test rows.
 
 Command line: ``python -m equiav.training.probe --model NAME_OR_PATH --avdigits ROOT --modality audio|visual|both``.
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError
 from .metrics import classification_metrics
 
+MODALITIES = ("audio", "visual", "both")
+FEATURE_KINDS = ("tokens", "inter")
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 MAX_ITERATIONS = 500
 GRAD_TOLERANCE = 1e-7
@@ -68,7 +71,9 @@ def _check_features(x: torch.Tensor, y: torch.Tensor, multi_label: bool, name: s
     rows_ok = y.dim() == 2 if multi_label else (y.dim() == 1 and not y.is_floating_point())
     if not rows_ok or y.shape[0] != x.shape[0]:
         expected = "(N, C) binary rows" if multi_label else "(N,) integer class indices"
-        raise InvalidInputError(f"{name} labels must be {expected} for {x.shape[0]} rows, got {tuple(y.shape)}")
+        raise InvalidInputError(
+            f"{name} labels must be {expected} for {x.shape[0]} rows, got {tuple(y.shape)}"
+        )
 
 
 def probe_objective(
@@ -181,7 +186,11 @@ def linear_probe(
         scores[l2] = probe_score(probe, val_x, val_y)
     best = max(sorted(scores), key=lambda value: (scores[value], value))
     final = fit_logistic(
-        torch.cat([fit_x, val_x]), torch.cat([fit_y, val_y]), best, num_classes=num_classes, multi_label=multi_label
+        torch.cat([fit_x, val_x]),
+        torch.cat([fit_y, val_y]),
+        best,
+        num_classes=num_classes,
+        multi_label=multi_label,
     )
     test = classification_metrics(final.logits(test_x), test_y, multi_label)
     return {
@@ -192,3 +201,195 @@ def linear_probe(
         "num_val": int(val_x.shape[0]),
         "num_test": int(test_x.shape[0]),
     }
+
+
+# --------------------------------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    dataset: Any,
+    modality: str,
+    kind: str = "tokens",
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features (N, D) and target rows (N, C) of a ``LabelledDataset`` (no augmentation).
+
+    ``kind="tokens"``: mean of the final-normed patch tokens; ``"inter"``: the inter-modal embedding (L2-normalized).
+    ``modality`` ``both`` concatenates the audio and the visual features.
+    """
+    from torch.utils.data import DataLoader
+
+    from .datasets.items import collate_pretrain
+
+    if modality not in MODALITIES or kind not in FEATURE_KINDS:
+        raise InvalidInputError(f"modality must be one of {MODALITIES} and kind one of {FEATURE_KINDS}")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pretrain)
+    model.eval()
+    features, targets = [], []
+    for batch in loader:
+        for item in batch["bad"]:
+            raise InvalidInputError(f"item {item.index} ({item.path}) is unreadable: {item.reason}")
+        parts = []
+        if modality in ("audio", "both"):
+            parts.append(_features(model, batch["audio"].to(device), "audio", kind))
+        if modality in ("visual", "both"):
+            parts.append(_features(model, batch["image"].to(device), "visual", kind))
+        features.append(torch.cat(parts, dim=1).double().cpu())
+        targets.append(batch["target"])
+    return torch.cat(features), torch.cat(targets)
+
+
+def _features(model: torch.nn.Module, x: torch.Tensor, modality: str, kind: str) -> torch.Tensor:
+    if kind == "tokens":
+        tokens = model.audio_tokens(x) if modality == "audio" else model.image_tokens(x)
+        return tokens.mean(dim=1).float()
+    embedding = model.encode_audio(x) if modality == "audio" else model.encode_image(x)
+    return F.normalize(embedding.float(), dim=-1)
+
+
+def _labels(targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    return targets if multi_label else targets.argmax(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------- command
+
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``equiav eval probe`` / ``python -m equiav.training.probe``."""
+    parser.add_argument(
+        "--model", required=True, help="registered name, directory, hub repo id or authors' .pth"
+    )
+    parser.add_argument(
+        "--preset", default=None, help="preset for the sizes an authors' checkpoint cannot tell"
+    )
+    parser.add_argument("--random-init", action="store_true", help="randomly initialized preset (reference)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of --random-init and of the validation split"
+    )
+    parser.add_argument("--modality", default="audio", choices=MODALITIES)
+    parser.add_argument(
+        "--features", default="tokens", choices=FEATURE_KINDS, help="mean tokens or inter embedding"
+    )
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--avdigits", help="AV-digits root: train speakers -> train, held-out speakers -> test")
+    data.add_argument("--train-manifest", help="training manifest (with --test-manifest and --label-csv)")
+    parser.add_argument(
+        "--val-speaker", default=None, help="AV-digits training speaker held out to choose l2"
+    )
+    parser.add_argument("--test-manifest", default=None)
+    parser.add_argument(
+        "--val-manifest", default=None, help="default: a stratified 20%% of the training rows"
+    )
+    parser.add_argument("--label-csv", default=None)
+    parser.add_argument("--task", default="single_label", choices=["single_label", "multi_label"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--output", default=None, help="write the result as JSON")
+
+
+def _probe_sets(args: argparse.Namespace, config) -> tuple[dict[str, Any], int]:
+    """LabelledDatasets of the train / val (optional) / test splits and the number of classes."""
+    from .data import DataConfig, build_pretrain_dataset
+    from .finetune import DIGIT_NAMES, LabelledDataset
+
+    if args.avdigits:
+        data = DataConfig(kind="avdigits", path=args.avdigits)
+        train_base = build_pretrain_dataset(data, config, "train")
+        speakers = [r.speaker for r in train_base.source.recordings]
+        held = args.val_speaker or sorted(set(speakers))[-1]
+        if held not in speakers:
+            raise InvalidInputError(
+                f"--val-speaker {held!r} is not a training speaker ({sorted(set(speakers))})"
+            )
+        train = LabelledDataset(train_base, len(DIGIT_NAMES), train=False)
+        rows = torch.tensor([s != held for s in speakers])
+        sets = {
+            "train": (train, rows.nonzero().flatten().tolist()),
+            "val": (train, (~rows).nonzero().flatten().tolist()),
+            "test": (
+                LabelledDataset(build_pretrain_dataset(data, config, "val"), len(DIGIT_NAMES), train=False),
+                None,
+            ),
+        }
+        return sets, len(DIGIT_NAMES)
+    if not (args.test_manifest and args.label_csv):
+        raise InvalidInputError("--train-manifest needs --test-manifest and --label-csv")
+    sets = {}
+    for split, manifest in (
+        ("train", args.train_manifest),
+        ("val", args.val_manifest),
+        ("test", args.test_manifest),
+    ):
+        if manifest:
+            data = DataConfig(kind="manifest", path=manifest, val_path=manifest, label_csv=args.label_csv)
+            base = build_pretrain_dataset(data, config, "val")
+            sets[split] = (LabelledDataset(base, base.label_space.num_classes, train=False), None)
+    return sets, sets["train"][0].num_classes
+
+
+def run_probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Extract features of every split, run ``linear_probe``, print and save the result."""
+    from torch.utils.data import Subset
+
+    from .evaluate import load_backbone
+    from .launch import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_backbone(args.model, random_init=args.random_init, seed=args.seed, preset=args.preset).to(
+        device
+    )
+    sets, _ = _probe_sets(args, model.config)
+    multi_label = args.task == "multi_label"
+    extracted = {}
+    for split, (dataset, rows) in sets.items():
+        subset = dataset if rows is None else Subset(dataset, rows)
+        x, targets = extract_features(
+            model, subset, args.modality, args.features, batch_size=args.batch_size, num_workers=args.num_workers,
+            device=device,
+        )  # fmt: skip
+        extracted[split] = (x, _labels(targets, multi_label))
+    val_x, val_y = extracted.get("val", (None, None))
+    result = linear_probe(
+        *extracted["train"], *extracted["test"], val_x, val_y, multi_label=multi_label, seed=args.seed
+    )
+    result = {
+        "model": args.model, "random_init": args.random_init, "modality": args.modality, "features": args.features,
+        "grid": list(DEFAULT_L2_GRID), **result,
+    }  # fmt: skip
+    metric = "mAP" if multi_label else "acc"
+    print(
+        f"linear probe ({args.modality}, {args.features}): l2 {result['l2']:g}, test {metric} "
+        f"{result['test'][metric]:.2f} ({result['num_train']} train / {result['num_val']} val / "
+        f"{result['num_test']} test rows)"
+    )
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m equiav.training.probe``."""
+    import sys
+
+    from ..errors import EquiAVError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m equiav.training.probe", description=__doc__.split("\n\n")[0]
+    )
+    add_probe_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run_probe(args)
+    except EquiAVError as error:
+        raise SystemExit(f"equiav probe: {type(error).__name__}: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

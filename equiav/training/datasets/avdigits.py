@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ...audio import load_fbank
 from ...config import EquiAVConfig
-from ...errors import DatasetError
+from ...errors import DatasetError, InvalidInputError
 from ...image import preprocess_image
 from .config import DataConfig, check_split
 from .items import DECODE_ERRORS, randint
@@ -43,10 +43,17 @@ def find_recordings_dir(root: str | Path) -> Path:
     """FSDD's ``recordings`` folder under ``root`` (the shared folder, its ``data`` folder, the FSDD folder, or the
     recordings folder itself)."""
     root = Path(root)
-    for candidate in (root / "data" / "fsdd" / "recordings", root / "fsdd" / "recordings", root / "recordings", root):
+    for candidate in (
+        root / "data" / "fsdd" / "recordings",
+        root / "fsdd" / "recordings",
+        root / "recordings",
+        root,
+    ):
         if candidate.is_dir() and any(FSDD_NAME.match(p.name) for p in candidate.glob("*.wav")):
             return candidate
-    raise DatasetError(f"{root}: no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) found in it or below it")
+    raise DatasetError(
+        f"{root}: no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) found in it or below it"
+    )
 
 
 def find_mnist_file(root: str | Path) -> Path:
@@ -68,7 +75,9 @@ def list_recordings(folder: Path) -> list[Recording]:
     return sorted(recordings, key=lambda r: (r.speaker, r.digit, r.take))
 
 
-def split_recordings(recordings: list[Recording], val_speakers: tuple[str, ...], split: str) -> list[Recording]:
+def split_recordings(
+    recordings: list[Recording], val_speakers: tuple[str, ...], split: str
+) -> list[Recording]:
     """The recordings of ``split``: validation = ``val_speakers``, training = every other speaker."""
     speakers = sorted({r.speaker for r in recordings})
     unknown = sorted(set(val_speakers) - set(speakers))
@@ -103,7 +112,9 @@ def split_images(labels: np.ndarray, val_fraction: float, seed: int, split: str)
     for digit in range(NUM_DIGITS):
         indices = rng.permutation(np.flatnonzero(labels == digit))
         if len(indices) < 2:
-            raise DatasetError(f"MNIST holds {len(indices)} image(s) of digit {digit}; need at least 2 to split")
+            raise DatasetError(
+                f"MNIST holds {len(indices)} image(s) of digit {digit}; need at least 2 to split"
+            )
         held_out = min(max(round(val_fraction * len(indices)), 1), len(indices) - 1)
         pools.append(np.sort(indices[:held_out] if split == "val" else indices[held_out:]))
     return pools
@@ -173,12 +184,14 @@ class AVDigitsDataset(PretrainDataset):
         return Decoded(fbank, image, aug_image, {"label": torch.tensor(recording.digit, dtype=torch.int64)})
 
     def raw_sample(self, index: int) -> RawSample:
-        """Shard form: the filterbank and ``frame_count`` PNG images of the digit (training: drawn at random once;
-        validation: the deterministic partner and its successors)."""
+        """Shard form: the filterbank and ``frame_count`` PNG images of the digit. Training: drawn at random once;
+        validation: the deterministic partner in the middle position (the one validation reads) and its
+        neighbours."""
         source = self.source
         generator = self.generator(index)
         if self.split == "val":
-            chosen = [source.paired_image(index, k) for k in range(self.data.frame_count)]
+            middle = self.data.frame_count // 2
+            chosen = [source.paired_image(index, k - middle) for k in range(self.data.frame_count)]
         else:
             chosen = [source.random_image(index, generator) for _ in range(self.data.frame_count)]
         recording = source.recordings[index]
@@ -195,22 +208,29 @@ def avdigits_eval_set(
     val_speakers: tuple[str, ...] = ("theo",),
     val_fraction_images: float = 0.2,
     image_split_seed: int = 0,
+    per_digit: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Un-augmented inputs of one AV-digits split for class-level retrieval.
 
     Returns ``fbanks`` (N, T, F) of every recording of the split, ``images`` (M, 3, S, S) of every image of the
     split (normalized, through ``preprocess_image``), and their digits ``audio_labels`` (N,) and ``image_labels``
-    (M,) as int64. A hit is a retrieved item of the same digit. Raises ``DatasetError`` naming an unreadable file.
+    (M,) as int64. A hit is a retrieved item of the same digit. ``per_digit`` keeps only the first that many
+    recordings and images of each digit (quick evaluations). Raises ``DatasetError`` naming an unreadable file.
     """
+    if per_digit is not None and per_digit < 1:
+        raise InvalidInputError(f"per_digit must be a positive integer or None, got {per_digit!r}")
     source = _DigitsSource(root, split, tuple(val_speakers), val_fraction_images, image_split_seed)
+    recordings = [
+        r for r, rank in zip(source.recordings, source.rank_in_digit) if per_digit is None or rank < per_digit
+    ]
     fbanks = []
-    for recording in source.recordings:
+    for recording in recordings:
         try:
             fbanks.append(load_fbank(recording.path, model_config))
         except DECODE_ERRORS as error:
             raise DatasetError(f"AV-digits evaluation set: {error}") from error
-    image_indices = np.concatenate(source.pools)
+    image_indices = np.concatenate([pool[:per_digit] for pool in source.pools])
     images = torch.stack([preprocess_image(source.images[i], model_config) for i in image_indices])
-    audio_labels = torch.tensor([r.digit for r in source.recordings], dtype=torch.int64)
+    audio_labels = torch.tensor([r.digit for r in recordings], dtype=torch.int64)
     image_labels = torch.from_numpy(source.labels[image_indices])
     return torch.stack(fbanks), images, audio_labels, image_labels

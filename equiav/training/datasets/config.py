@@ -92,7 +92,9 @@ class DataConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"data config field '{name}' must be a non-negative integer, got {value!r}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ConfigError(f"data config field 'max_bad_fraction' must be in [0, 1], got {self.max_bad_fraction}")
+            raise ConfigError(
+                f"data config field 'max_bad_fraction' must be in [0, 1], got {self.max_bad_fraction}"
+            )
         if not 0.0 < self.val_fraction_images < 1.0:
             raise ConfigError(
                 f"data config field 'val_fraction_images' must be in (0, 1), got {self.val_fraction_images}"
@@ -100,7 +102,9 @@ class DataConfig:
         if not self.clip_seconds > 0:
             raise ConfigError(f"data config field 'clip_seconds' must be positive, got {self.clip_seconds}")
         if not all(isinstance(name, str) and name for name in self.val_speakers):
-            raise ConfigError(f"data config field 'val_speakers' must hold speaker names, got {self.val_speakers!r}")
+            raise ConfigError(
+                f"data config field 'val_speakers' must hold speaker names, got {self.val_speakers!r}"
+            )
 
     def path_for(self, split: str) -> str:
         """The data path of ``split``; raises ``ConfigError`` when the validation split has none."""
@@ -108,7 +112,9 @@ class DataConfig:
         if split == "train" or self.kind == "avdigits":
             return self.path
         if self.val_path is None:
-            raise ConfigError(f"data config field 'val_path' is needed for the 'val' split of kind {self.kind!r}")
+            raise ConfigError(
+                f"data config field 'val_path' is needed for the 'val' split of kind {self.kind!r}"
+            )
         return str(self.val_path)
 
     def to_dict(self) -> dict[str, Any]:

@@ -44,7 +44,9 @@ class LabelSpace:
             try:
                 index = int(row["index"])
             except (TypeError, ValueError):
-                raise DatasetError(f"{path}, line {line}: 'index' must be an integer, got {row['index']!r}") from None
+                raise DatasetError(
+                    f"{path}, line {line}: 'index' must be an integer, got {row['index']!r}"
+                ) from None
             if not mid or mid in indices or index in names or index < 0:
                 raise DatasetError(
                     f"{path}, line {line}: needs a new, non-empty mid and a new non-negative index, got "

@@ -140,7 +140,7 @@ class ManifestDataset(PretrainDataset):
         return len(self.entries)
 
     def item_path(self, index: int) -> str:
-        return str(self.entries[index].wav)
+        return self.entries[index].wav
 
     def decode(self, index: int, generator: torch.Generator) -> Decoded:
         entry = self.entries[index]
@@ -158,7 +158,11 @@ class ManifestDataset(PretrainDataset):
         for k in range(self.data.frame_count):
             load_image(entry.frame(k))  # fails here, naming the file, if the frame is unreadable
             frames.append((entry.frame(k).suffix.lstrip(".").lower(), entry.frame(k).read_bytes()))
-        meta = {"id": entry.video_id, "source": str(entry.wav), **self.label_meta(entry.labels, entry.video_id)}
+        meta = {
+            "id": entry.video_id,
+            "source": entry.wav,
+            **self.label_meta(entry.labels, entry.video_id),
+        }
         return RawSample(fbank, frames, meta)
 
 
@@ -201,6 +205,9 @@ class VideoDataset(PretrainDataset):
     def raw_sample(self, index: int) -> RawSample:
         entry = self.entries[index]
         frames = self._frames(index, list(range(self.data.frame_count)))
-        meta = {"id": entry.video_id, "source": str(entry.path), **self.label_meta(entry.labels, str(entry.path))}
+        meta = {
+            "id": entry.video_id,
+            "source": str(entry.path),
+            **self.label_meta(entry.labels, str(entry.path)),
+        }
         return RawSample(self._fbank(index), [("jpg", encode_image(f)) for f in frames], meta)
-

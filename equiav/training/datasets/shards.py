@@ -73,12 +73,16 @@ class ShardWriter:
     index unless ``overwrite``.
     """
 
-    def __init__(self, output: str | Path, shard_size: int, meta: dict[str, Any], overwrite: bool = False) -> None:
+    def __init__(
+        self, output: str | Path, shard_size: int, meta: dict[str, Any], overwrite: bool = False
+    ) -> None:
         if not isinstance(shard_size, int) or shard_size < 1:
             raise InvalidInputError(f"shard_size must be a positive integer, got {shard_size!r}")
         self.output = Path(output)
         if (self.output / INDEX_FILE).exists() and not overwrite:
-            raise DatasetError(f"{self.output} already holds shards ({INDEX_FILE}); choose another output folder")
+            raise DatasetError(
+                f"{self.output} already holds shards ({INDEX_FILE}); choose another output folder"
+            )
         self.output.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.meta = meta
@@ -127,7 +131,13 @@ class ShardWriter:
         """Finish the last shard and write the index; returns it."""
         if self._tar is not None:
             self._finish_shard()
-        index = {"format": FORMAT, "version": VERSION, "total": self.total, "shards": self.shards, **self.meta}
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "total": self.total,
+            "shards": self.shards,
+            **self.meta,
+        }
         (self.output / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
         return index
 
@@ -168,7 +178,9 @@ class ShardIndex:
             raise DatasetError(f"{spec}: no shard file matches")
         folders = {Path(name).parent for name in names}
         if len(folders) != 1:
-            raise DatasetError(f"{spec}: the matched shards must lie in one folder, found {sorted(map(str, folders))}")
+            raise DatasetError(
+                f"{spec}: the matched shards must lie in one folder, found {sorted(map(str, folders))}"
+            )
         return cls._from_file(folders.pop() / INDEX_FILE, selected={Path(name).name for name in names})
 
     @classmethod
@@ -180,14 +192,22 @@ class ShardIndex:
                 f"{path}: cannot read the shard index ({error}); write shards with "
                 "`python -m equiav.training.prepare shards`"
             ) from error
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("shards"), list):
+        if (
+            not isinstance(meta, dict)
+            or meta.get("format") != FORMAT
+            or not isinstance(meta.get("shards"), list)
+        ):
             raise DatasetError(f"{path}: not an equiav shard index (format {FORMAT!r})")
         listed = {entry["file"]: int(entry["count"]) for entry in meta["shards"]}
         if selected is not None:
             unknown = sorted(selected - set(listed))
             if unknown:
                 raise DatasetError(f"{path}: shard(s) {unknown} are not listed in this index")
-        shards = [(path.parent / name, count) for name, count in listed.items() if selected is None or name in selected]
+        shards = [
+            (path.parent / name, count)
+            for name, count in listed.items()
+            if selected is None or name in selected
+        ]
         if not shards or not sum(count for _, count in shards):
             raise DatasetError(f"{path}: the selected shards hold no samples")
         return cls(shards, meta)
@@ -244,9 +264,13 @@ class ShardDataset(IterableDataset):
         self.index = ShardIndex.load(data.path_for(split))
         stored = self.index.meta.get("audio", {})
         expected = audio_settings(model)
-        different = {name: (stored.get(name), value) for name, value in expected.items() if stored.get(name) != value}
+        different = {
+            name: (stored.get(name), value) for name, value in expected.items() if stored.get(name) != value
+        }
         if different:
-            described = ", ".join(f"{name} {old} (shards) vs {new} (model)" for name, (old, new) in different.items())
+            described = ", ".join(
+                f"{name} {old} (shards) vs {new} (model)" for name, (old, new) in different.items()
+            )
             raise DatasetError(
                 f"{data.path_for(split)}: the shards' filterbanks were computed with other audio settings: "
                 f"{described}; rewrite them for this model"
@@ -267,11 +291,14 @@ class ShardDataset(IterableDataset):
         rank = get_rank() if rank is None else rank
         world = get_world_size() if world is None else world
         if not 0 <= rank < world:
-            raise InvalidInputError(f"rank must be in [0, world_size), got rank {rank} and world_size {world}")
+            raise InvalidInputError(
+                f"rank must be in [0, world_size), got rank {rank} and world_size {world}"
+            )
         return rank, world
 
-    def samples_per_rank(self) -> int:
-        world = self._placement()[1]
+    def samples_per_rank(self, world_size: int | None = None) -> int:
+        """Items every rank yields per epoch: ``floor(total / world_size)`` (default: the current world size)."""
+        world = self._placement()[1] if world_size is None else world_size
         if self.index.total < world:
             raise DatasetError(
                 f"{self.data.path_for(self.split)}: {self.index.total} samples cannot give each of {world} ranks one"
@@ -288,12 +315,14 @@ class ShardDataset(IterableDataset):
             return sum(size // batch_size for size in parts)
         return sum(-(-size // batch_size) for size in parts)
 
-    def plan(self, epoch: int, rank: int, world: int, worker: int, workers: int) -> list[tuple[int, int, int]]:
+    def plan(
+        self, epoch: int, rank: int, world: int, worker: int, workers: int
+    ) -> list[tuple[int, int, int]]:
         """(shard number, first sample, end sample) ranges that one worker of one rank reads in ``epoch``."""
         order = list(range(len(self.index.shards)))
         if self.split == "train":
             order = np.random.default_rng([self.data.seed, epoch]).permutation(order).tolist()
-        per_rank = self.samples_per_rank()
+        per_rank = self.samples_per_rank(world)
         bounds = np.cumsum([rank * per_rank] + _split_evenly(per_rank, workers))
         low, high = int(bounds[worker]), int(bounds[worker + 1])
         ranges, offset = [], 0
@@ -337,13 +366,17 @@ class ShardDataset(IterableDataset):
                 index = self._starts[shard] + missing
                 yield index, str(path), BadItem(index, f"{path}#{missing}", reason)
 
-    def _item(self, index: int, where: str, members: dict[str, bytes], epoch: int) -> dict[str, Tensor] | BadItem:
+    def _item(
+        self, index: int, where: str, members: dict[str, bytes], epoch: int
+    ) -> dict[str, Tensor] | BadItem:
         generator = item_generator(self.data.seed, epoch, index, self.split)
         try:
             fbank = torch.from_numpy(np.load(io.BytesIO(members["fbank.npy"])).astype(np.float32))
             expected = (self.model.target_length, self.model.num_mel_bins)
             if tuple(fbank.shape) != expected:
-                raise InvalidInputError(f"stored filterbank has shape {tuple(fbank.shape)}, expected {expected}")
+                raise InvalidInputError(
+                    f"stored filterbank has shape {tuple(fbank.shape)}, expected {expected}"
+                )
             frames = sorted((int(m[1]), ext) for ext in members if (m := _FRAME_NAME.match(ext)))
             if not frames:
                 raise InvalidInputError("the sample holds no frame")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,18 @@ FRAME_SIZE = 224
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One row of the authors' manifest: audio file, frame folder (``frame_{k}/{video_id}.jpg``) and labels."""
+    """One row of the authors' manifest: audio file, frame folder (``frame_{k}/{video_id}.jpg``) and labels.
+
+    Paths are kept as strings (the frame folder shared between rows) to keep million-row manifests small.
+    """
 
     video_id: str
-    wav: Path
-    video_path: Path
+    wav: str
+    video_path: str
     labels: str | None
 
     def frame(self, k: int) -> Path:
-        return self.video_path / f"frame_{k}" / f"{self.video_id}.jpg"
+        return Path(self.video_path, f"frame_{k}", f"{self.video_id}.jpg")
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,8 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         labels = row.get("labels")
         if labels is not None and not isinstance(labels, str):
             raise DatasetError(f"{where}: 'labels' must be a comma-separated string, got {labels!r}")
-        entries.append(
-            ManifestEntry(row["video_id"], _resolve(row["wav"], base), _resolve(row["video_path"], base), labels)
-        )
+        wav, folder = str(_resolve(row["wav"], base)), sys.intern(str(_resolve(row["video_path"], base)))
+        entries.append(ManifestEntry(row["video_id"], wav, folder, labels))
     return entries
 
 

@@ -1,0 +1,384 @@
+"""Tests of the pretraining loop: config and CLI, schedule, checkpoints, exact resume, DDP, and that it learns."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import get_type_hints
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from equiav import EquiAVModel
+from equiav.errors import CheckpointError, ConfigError
+from equiav.training.checkpoint import (
+    LATEST_FILE,
+    clean_temporary_files,
+    find_latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from equiav.training.launch import rng_state, set_rng_state
+from equiav.training.pretrain import (
+    PretrainConfig,
+    ShardSampler,
+    build_parser,
+    config_from_args,
+)
+from equiav.training.schedule import WarmupCosineSchedule, warmup_cosine_lr
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _leaf_options(cls: type, prefix: str = "") -> list[str]:
+    """The command-line option of every non-dataclass field, nested ones included."""
+    hints = get_type_hints(cls)
+    options = []
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            options += _leaf_options(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            options.append(f"--{prefix}{f.name}".replace("_", "-"))
+    return options
+
+
+def _run_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("EQUIAV_FAULT_KILL_AT_STEP", None)
+    return env
+
+
+def _pretrain(args: list[str], env: dict[str, str] | None = None, launcher: list[str] | None = None):
+    command = (launcher or [sys.executable]) + ["-m", "equiav.training.pretrain", *args]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env or _run_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+def _digits_args(shared_dir: Path, output: Path, steps: int, **extra: str) -> list[str]:
+    args = {
+        "--data.kind": "avdigits",
+        "--data.path": str(shared_dir / "data"),
+        "--output-dir": str(output),
+        "--max-steps": str(steps),
+        "--batch-size": "8",
+        "--num-workers": "0",
+        "--log-every": "1",
+        "--val-batches": "1",
+        "--device": "cpu",
+        "--data.num-views": "4",
+        "--optim.warmup-steps": "2",
+        "--optim.lr": "1e-3",
+    }
+    args.update(extra)
+    flat = [item for pair in args.items() for item in pair]
+    return flat + ["--no-progress", "--no-tensorboard"]
+
+
+def _metrics(output: Path, split: str = "train") -> list[dict]:
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+# ----------------------------------------------------------------------------------------------- config and CLI
+
+
+def test_help_lists_every_option_with_a_description():
+    text = build_parser().format_help()
+    for option in _leaf_options(PretrainConfig):
+        assert option in text, option
+    for flag in ("--compile", "--no-compile", "--no-progress", "--no-data.roll-audio", "--config"):
+        assert flag in text
+    # Every option has real help text (from the dataclass docstrings), not just its name.
+    for action in build_parser()._actions:
+        if action.dest not in ("help", "config", "print_config"):
+            assert action.help and len(action.help) > 25 and "default" in action.help, action.dest
+
+
+def test_help_runs_as_a_module():
+    result = _pretrain(["--help"])
+    assert result.returncode == 0, result.stderr
+    assert "--optim.warmup-steps" in result.stdout and "--data.path" in result.stdout
+
+
+def test_config_file_then_command_line_precedence(tmp_path):
+    config = {
+        "data": {"kind": "avdigits", "path": "/data", "num_views": 3},
+        "batch_size": 7,
+        "optim": {"lr": 0.5, "betas": [0.8, 0.9]},
+        "compile": True,
+        "model_overrides": {"depth": 2},
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    cfg, _ = config_from_args(
+        ["--config", str(path), "--optim.lr", "0.25", "--no-compile", "--max-steps", "9",
+         "--data.val-speakers", "george", "jackson", "--optim.warmup-steps", "none"]
+    )  # fmt: skip
+    assert cfg.optim.lr == 0.25  # command line beats the file
+    assert cfg.batch_size == 7 and cfg.data.num_views == 3  # the file beats the defaults
+    assert cfg.optim.betas == (0.8, 0.9) and cfg.optim.weight_decay == 1e-5  # untouched fields keep defaults
+    assert cfg.compile is False and cfg.max_steps == 9 and cfg.optim.warmup_steps is None
+    assert cfg.data.val_speakers == ("george", "jackson")
+    assert cfg.model_config().depth == 2 and cfg.model_config().embed_dim == 128
+    again, _ = config_from_args(["--config", str(path), "--compile"])
+    assert again.compile is True
+
+
+@pytest.mark.parametrize(
+    ("content", "argv", "message"),
+    [
+        ({"data": {"kind": "avdigits", "path": "x"}, "batch_sise": 3}, [], "batch_sise"),
+        ({"data": {"kind": "avdigits", "path": "x"}}, ["--batch-size", "many"], "--batch-size"),
+        ({"data": {"kind": "avdigits", "path": "x"}, "optim": {"lr": "fast"}}, [], "--optim.lr"),
+        ({"data": {"path": "x"}}, [], "--data.kind"),
+        ({"data": {"kind": "avdigits", "path": "x"}, "model_overrides": {"depht": 1}}, [], "depht"),
+        ({"data": {"kind": "avdigits", "path": "x"}}, ["--keep-last", "0"], "--keep-last"),
+    ],
+)
+def test_bad_config_raises_config_error_naming_the_option(tmp_path, content, argv, message):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        config_from_args(["--config", str(path), *argv])
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+
+
+def test_schedule_warmup_then_half_cosine_values():
+    param = torch.nn.Parameter(torch.zeros(1))
+    other = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param]}, {"params": [other], "lr_scale": 0.5}], lr=1.0)
+    schedule = WarmupCosineSchedule(
+        optimizer, peak_lr=1e-3, warmup_steps=4, total_steps=12, start_lr=2e-7, final_lr=1e-6
+    )
+    lrs = []
+    for _ in range(14):
+        lrs.append(schedule.step())
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(0.5 * optimizer.param_groups[0]["lr"], rel=1e-12)
+    assert lrs[0] == pytest.approx(2e-7)
+    assert lrs[2] == pytest.approx((2e-7 + 1e-3) / 2)  # halfway through warmup
+    assert lrs[4] == pytest.approx(1e-3)  # peak right after warmup
+    assert lrs[8] == pytest.approx((1e-3 + 1e-6) / 2)  # halfway through the cosine
+    assert lrs[6] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + math.cos(math.pi * 2 / 8)) / 2)
+    assert lrs[11] > 1e-6 and lrs[12] == lrs[13] == pytest.approx(1e-6)
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5])) and all(a > b for a, b in zip(lrs[4:12], lrs[5:13]))
+    state = schedule.state_dict()
+    fresh = WarmupCosineSchedule(optimizer, peak_lr=1e-3, warmup_steps=4, total_steps=12)
+    fresh.load_state_dict(state)
+    assert fresh.next_step == 14
+
+
+def test_schedule_edge_cases():
+    assert warmup_cosine_lr(0, peak_lr=1.0, warmup_steps=0, total_steps=10, start_lr=0.0, final_lr=0.0) == 1.0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        WarmupCosineSchedule(optimizer, peak_lr=1.0, warmup_steps=11, total_steps=10)
+    with pytest.raises(ConfigError, match="total_steps"):
+        WarmupCosineSchedule(optimizer, peak_lr=1.0, warmup_steps=0, total_steps=0)
+
+
+# ----------------------------------------------------------------------------------------------- sampler
+
+
+def test_sampler_shards_equally_and_resumes_mid_epoch():
+    parts = [ShardSampler(103, batch_size=5, rank=r, world_size=3, seed=1) for r in range(3)]
+    for part in parts:
+        part.set_epoch(2)
+    shards = [part.indices() for part in parts]
+    assert all(len(s) == 30 for s in shards)  # 103 // 15 = 6 full batches of 5 per rank
+    assert len(set(sum(shards, []))) == 90  # disjoint
+    single = ShardSampler(103, batch_size=15, rank=0, world_size=1, seed=1)
+    single.set_epoch(2)
+    # Global batch k of three ranks is global batch k of one process with the three-fold batch.
+    for k in range(6):
+        joined = sorted(sum((s[5 * k : 5 * k + 5] for s in shards), []))
+        assert joined == sorted(single.indices()[15 * k : 15 * k + 15])
+    parts[1].set_epoch(2, start_batch=4)
+    assert parts[1].indices() == shards[1][20:] and len(parts[1]) == 10
+    parts[0].set_epoch(3)
+    assert parts[0].indices() != shards[0]
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "model": {"w": torch.full((3,), float(step))}, "position": {"epoch": 0}}
+
+
+def test_keep_last_k_and_latest_pointer(tmp_path):
+    for step in (2, 4, 6, 8, 10):
+        save_checkpoint(tmp_path, step, _state(step), keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [8, 10]
+    assert (tmp_path / LATEST_FILE).read_text().strip() == "ckpt-00000010.pt"
+    path, state = find_latest_checkpoint(tmp_path)
+    assert path.name == "ckpt-00000010.pt" and torch.equal(state["model"]["w"], torch.full((3,), 10.0))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # ordinary permissions, not a private temp file's
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    newest = save_checkpoint(tmp_path, 2, _state(2))
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="ckpt-00000002"):
+        load_checkpoint(newest)
+    path, state = find_latest_checkpoint(tmp_path)
+    assert path.name == "ckpt-00000001.pt" and state["step"] == 1
+    assert find_latest_checkpoint(tmp_path / "missing") is None
+
+
+_KILLED_WRITER = """
+import os, signal, sys, torch
+from equiav.training.checkpoint import save_checkpoint
+
+class DieWhilePickled:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+big = {"w": torch.zeros(1_000_000)}
+save_checkpoint(sys.argv[1], 2, {"step": 2, "model": big, "boom": DieWhilePickled()})
+"""
+
+
+def test_write_killed_midway_leaves_previous_checkpoint_intact(tmp_path):
+    save_checkpoint(tmp_path, 1, _state(1))
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], env=_run_env(), capture_output=True, timeout=120
+    )
+    assert result.returncode == -signal.SIGKILL
+    strays = list(tmp_path.glob(".tmp-*"))
+    assert strays and strays[0].stat().st_size > 0  # the killed write had started
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert (tmp_path / LATEST_FILE).read_text().strip() == "ckpt-00000001.pt"
+    assert find_latest_checkpoint(tmp_path)[1]["step"] == 1
+    assert clean_temporary_files(tmp_path) == strays and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_rng_state_round_trips_through_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(4)
+    random.seed(5)
+    save_checkpoint(tmp_path, 1, {"step": 1, "rng": [rng_state()]})
+    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    set_rng_state(load_checkpoint(tmp_path / "ckpt-00000001.pt")["rng"][0])
+    assert torch.equal(torch.rand(4), expected[0])
+    assert np.array_equal(np.random.rand(4), expected[1])
+    assert [random.random() for _ in range(4)] == expected[2]
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_short_digits_run_learns_checkpoints_and_exports(shared_dir, tmp_path):
+    """A few dozen steps on AV-digits with the tiny preset: the loss falls, the checkpoint and export reload."""
+    output = tmp_path / "run"
+    result = _pretrain(
+        _digits_args(shared_dir, output, 30, **{"--batch-size": "16", "--checkpoint-every-steps": "10",
+                                                "--keep-last": "2", "--val-every": "30"})
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = _metrics(output)
+    assert [r["step"] for r in train] == list(range(1, 31))
+    first, last = np.mean([r["loss"] for r in train[:5]]), np.mean([r["loss"] for r in train[-5:]])
+    assert last < first - 0.5, (first, last)
+    assert all(0 <= r["acc_inter"] <= 100 and r["lr"] > 0 and r["samples_per_s"] > 0 for r in train)
+    val = _metrics(output, "val")
+    assert len(val) == 1 and 0 <= val[0]["r1_audio_to_image"] <= 1 and math.isfinite(val[0]["loss"])
+
+    assert [s for s, _ in list_checkpoints(output / "checkpoints")] == [20, 30]
+    state = load_checkpoint(output / "checkpoints" / "ckpt-00000030.pt")
+    assert state["position"] == {"step": 30, "epoch": 0, "batch_in_epoch": 30}
+    assert state["schedule"]["next_step"] == 30 and state["config"]["batch_size"] == 16
+    model = EquiAVModel.from_pretrained(output / "final")
+    exported = model.state_dict()
+    assert exported.keys() == state["model"].keys()
+    assert all(torch.equal(exported[k], state["model"][k]) for k in exported)
+    assert model.config.name == "equiav-tiny-digits"
+
+
+def _final_weights(output: Path) -> dict[str, torch.Tensor]:
+    return load_file(output / "final" / "model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigkill_then_resume_ends_with_identical_weights(shared_dir, tmp_path, workers):
+    """A run killed with SIGKILL mid-step and resumed ends bit-identical to an uninterrupted one (CPU)."""
+
+    def args(output: Path) -> list[str]:
+        options = {"--num-workers": workers, "--checkpoint-every-steps": "3"}
+        return _digits_args(shared_dir, output, 8, **options) + ["--deterministic"]
+
+    straight = tmp_path / "straight"
+    result = _pretrain(args(straight))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    env = _run_env()
+    env["EQUIAV_FAULT_KILL_AT_STEP"] = "5"
+    killed = _pretrain(args(resumed), env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [s for s, _ in list_checkpoints(resumed / "checkpoints")] == [3]
+    assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4]  # step 4 was logged after the checkpoint
+    assert not (resumed / "final").exists()
+
+    result = _pretrain(args(resumed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in _metrics(resumed)] == list(range(1, 9))  # the killed run's step 4 was replaced
+    a, b = _final_weights(straight), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ours = load_checkpoint(resumed / "checkpoints" / "ckpt-00000008.pt")
+    theirs = load_checkpoint(straight / "checkpoints" / "ckpt-00000008.pt")
+    for slot in theirs["optimizer"]["state"]:
+        for key, value in theirs["optimizer"]["state"][slot].items():
+            assert torch.equal(value, ours["optimizer"]["state"][slot][key])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(shared_dir, tmp_path):
+    """2-process DDP (gloo, CPU) runs, and its first losses equal one process with the same global batch."""
+    two = tmp_path / "two"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]  # fmt: skip
+    result = _pretrain(_digits_args(shared_dir, two, 3, **{"--batch-size": "4"}), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = tmp_path / "one"
+    result = _pretrain(_digits_args(shared_dir, one, 3, **{"--batch-size": "8"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    two_train, one_train = _metrics(two), _metrics(one)
+    assert [r["step"] for r in two_train] == [1, 2, 3]
+    # Same weights and the same 8 items at step 1: the loss over the gathered global batch must agree.
+    assert two_train[0]["loss"] == pytest.approx(one_train[0]["loss"], rel=1e-5)
+    assert two_train[0]["grad_norm"] == pytest.approx(one_train[0]["grad_norm"], rel=1e-4)
+    for a, b in zip(two_train[1:], one_train[1:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
+    assert EquiAVModel.from_pretrained(two / "final").config.name == "equiav-tiny-digits"
+    assert load_checkpoint(two / "checkpoints" / "ckpt-00000003.pt")["world_size"] == 2
