@@ -360,7 +360,8 @@ def _to_float(x: Tensor, source: str) -> Tensor:
         return (x.to(torch.float32) - offset).div_(scale)
     if x.is_floating_point():
         x = x.to(torch.float32)
-        if not torch.isfinite(x).all():
+        # min and max are NaN if any sample is NaN (aminmax propagates it), +-inf if any is; no per-sample temporary.
+        if not torch.isfinite(torch.stack(torch.aminmax(x))).all():
             raise InvalidInputError(f"{source}: waveform contains NaN or infinite samples")
         return x
     raise InvalidInputError(
@@ -396,16 +397,22 @@ def prepare_waveform(
     other; a shape where neither or both qualify (e.g. (8, 8) or (2, 2)) is rejected as ambiguous. Channels are
     averaged. Integer PCM is scaled to [-1, 1]: int16 / 32768, int32 / 2**31, int8 / 128, uint8 (x - 128) / 128;
     float input (float16/32/64) is assumed to be in [-1, 1] already and is only cast. ``source`` names the input in
-    error messages (e.g. the file it came from).
+    error messages (e.g. the file it came from). Input that needs no conversion (mono float32 at the target rate)
+    is returned as a view of ``x``, not a copy, so an hour-long clip is not held twice.
     """
     if sample_rate is None:
         raise InvalidInputError(
             f"{source}: sample_rate is required for a raw array or tensor (the rate it was recorded at, in Hz)"
         )
+    if not isinstance(sample_rate, int | np.integer) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise InvalidInputError(
+            f"{source}: sample_rate must be a positive integer number of Hz, got {sample_rate!r}"
+        )
     tensor = _channels_first(_as_tensor(x, source), source)
     if tensor.shape[-1] == 0:
         raise InvalidInputError(f"{source}: waveform has no samples")
-    mono = _to_float(tensor, source).mean(dim=0)
+    channels = _to_float(tensor, source)
+    mono = channels[0] if channels.shape[0] == 1 else channels.mean(dim=0)
     return resample(mono, sample_rate, target_sample_rate).contiguous()
 
 
@@ -437,7 +444,12 @@ def waveform_to_fbank(
     frames are zero-padded at the end or cut to ``config.target_length`` -> (target_length, num_mel_bins). With
     ``windows="sliding"`` the clip is split into W = ceil(frames / target_length) consecutive windows (hop =
     target_length, the last one zero-padded) -> (W, target_length, num_mel_bins), for callers that average window
-    embeddings over a long clip.
+    embeddings over a long clip. The mean is always that of the whole clip, as in the authors' code, but "crop" runs
+    the filterbank over the samples of the kept frames only, so an hour-long clip costs no more than its waveform.
+
+    Silent audio (all zeros, or any constant) is valid input: after mean removal every frame has zero power, so
+    every filterbank value sits on the log floor ``log(float32 eps)`` (about -15.9) and the model input is a finite
+    constant, never NaN.
 
     Finally ``(fbank - config.audio_mean) / config.audio_std``. As in the authors' code (bug B21, kept for checkpoint
     compatibility) the zero padding happens *before* this normalisation, so padded frames become
@@ -446,9 +458,12 @@ def waveform_to_fbank(
     if windows not in ("crop", "sliding"):
         raise InvalidInputError(f"windows must be 'crop' or 'sliding', got {windows!r}")
     mono = prepare_waveform(waveform, sample_rate, config.sample_rate, source=source)
+    mean = mono.mean()
     try:
+        if windows == "crop":
+            mono = mono[: _crop_samples(config)]
         fbank = kaldi_fbank(
-            mono - mono.mean(),
+            mono - mean,
             config.sample_rate,
             num_mel_bins=config.num_mel_bins,
             frame_length_ms=config.frame_length_ms,
@@ -465,10 +480,21 @@ def waveform_to_fbank(
     return (fbank - config.audio_mean) / config.audio_std
 
 
+def _crop_samples(config: EquiAVConfig) -> int:
+    """Samples that hold the first ``config.target_length`` frames (Kaldi framing with ``snip_edges``)."""
+    window_size, hop = _frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)
+    return window_size + (config.target_length - 1) * hop
+
+
 def load_fbank(path: str | Path, config: EquiAVConfig, *, windows: str = "crop") -> Tensor:
-    """``waveform_to_fbank`` of an audio file (decoded with ``load_audio``, channels averaged, resampled)."""
+    """``waveform_to_fbank`` of an audio file (decoded with ``load_audio``, channels averaged, resampled).
+
+    The file's layout is known to be (channels, samples), so its channels are averaged here, whatever their count,
+    and a file of a few samples gets the "too short for one frame" error rather than an ambiguous-shape one.
+    """
     waveform, sample_rate = load_audio(path)
-    return waveform_to_fbank(waveform, sample_rate, config, windows=windows, source=str(path))
+    mono = waveform[0] if waveform.shape[0] == 1 else waveform.mean(dim=0)
+    return waveform_to_fbank(mono, sample_rate, config, windows=windows, source=str(path))
 
 
 def _describe(value: object) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,11 @@ class EquiAVConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.image_mean = tuple(float(v) for v in self.image_mean)
-        self.image_std = tuple(float(v) for v in self.image_std)
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if not isinstance(values, list | tuple) or not all(_is_real(v) for v in values):
+                raise ConfigError(f"config field '{name}' must be a list of 3 numbers (RGB), got {values!r}")
+            setattr(self, name, tuple(float(v) for v in values))
         self.validate()
 
     def validate(self) -> None:
@@ -96,10 +101,29 @@ class EquiAVConfig:
                     f"config field '{name}' ({getattr(self, name)}) must be a multiple of 'patch_size' "
                     f"({self.patch_size})"
                 )
-        if self.audio_std <= 0:
-            raise ConfigError(f"config field 'audio_std' must be positive, got {self.audio_std}")
+        positive_reals = [
+            "mlp_ratio", "layer_norm_eps", "cross_attn_mlp_ratio", "frame_shift_ms", "frame_length_ms", "audio_std",
+        ]  # fmt: skip
+        for name in ["audio_mean", *positive_reals]:
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or (name in positive_reals and value <= 0):
+                kind = "a finite positive number" if name in positive_reals else "a finite number"
+                raise ConfigError(f"config field '{name}' must be {kind}, got {value!r}")
+        if not isinstance(self.view_seed, int) or isinstance(self.view_seed, bool):
+            raise ConfigError(f"config field 'view_seed' must be an integer, got {self.view_seed!r}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ConfigError("config fields 'image_mean' and 'image_std' must have 3 values (RGB)")
+        rgb_ok = all(math.isfinite(v) for v in self.image_mean + self.image_std) and min(self.image_std) > 0
+        if not rgb_ok:
+            raise ConfigError(
+                f"config fields 'image_mean' and 'image_std' must be finite and 'image_std' positive, got "
+                f"{self.image_mean} and {self.image_std}"
+            )
+        if not isinstance(self.name, str) or not isinstance(self.extra, dict):
+            raise ConfigError(
+                f"config fields 'name' and 'extra' must be a string and a JSON object, got {self.name!r} and "
+                f"{type(self.extra).__name__}"
+            )
         if self.image_interpolation not in ("bicubic", "bilinear", "nearest"):
             raise ConfigError(
                 f"config field 'image_interpolation' must be bicubic, bilinear or nearest, "
@@ -145,7 +169,7 @@ class EquiAVConfig:
             )
         try:
             return cls(**data)
-        except TypeError as error:
+        except (ConfigError, TypeError) as error:
             raise ConfigError(f"{source}: {error}") from error
 
     def to_json(self) -> str:
@@ -166,12 +190,17 @@ class EquiAVConfig:
     def load(cls, path: str | Path) -> EquiAVConfig:
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as error:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: cannot read config file ({error})") from error
         return cls.from_json(text, source=str(path))
 
     def replace(self, **changes: Any) -> EquiAVConfig:
+        """A copy with ``changes`` applied; unknown field names raise ``ConfigError`` (not a bare TypeError)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields are {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -205,6 +234,11 @@ _PRESETS: dict[str, dict[str, Any]] = {
         image_size=32, image_resize=32, patch_size=8,
     ),
 }  # fmt: skip
+
+
+def _is_real(value: Any) -> bool:
+    """A real number that is not a bool (so a JSON string such as "4" is rejected, not silently converted)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def list_models() -> list[str]:

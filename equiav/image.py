@@ -21,7 +21,9 @@ must lie in [0, 1] (a tolerance of 1e-3 is clamped away).
 
 Transparency (RGBA, LA, PA, palette or grayscale images with a transparent color) is composited on a white background,
 as a browser shows it; dropping alpha instead would reveal whatever color the transparent pixels happen to store.
-Any image of at least 1x1 pixel is accepted: upsampling a tiny image is well defined for both PIL and torch.
+Any image of at least 1x1 pixel is accepted: upsampling a tiny image is well defined for both PIL and torch. Images
+whose resized size (before the crop) would exceed ``PIL.Image.MAX_IMAGE_PIXELS`` (very thin strips, e.g. 1 x 50000)
+are refused with ``InvalidInputError`` rather than allocating gigabytes; raise that limit for such trusted images.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file fully into an RGB PIL image, applying its EXIF orientation.
 
     Raises ``ImageDecodeError`` naming the file for a missing, truncated, corrupt or non-image file, and for images
-    above PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; raise it for trusted huge files).
+    above PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; raise it for trusted huge files). PIL itself
+    only warns up to twice that limit; here the limit is enforced from the header, before any pixel is decoded.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidInputError(
@@ -73,6 +76,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageDecodeError(f"cannot read image {path}: the path {reason}")
     try:
         with Image.open(path) as image:
+            _check_pixel_count(image.width * image.height)
             image.load()  # decode every pixel now so a truncated file fails here, not later
             image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:
@@ -82,6 +86,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
     return to_rgb(image)
+
+
+def _check_pixel_count(pixels: int) -> None:
+    """Raise PIL's decompression-bomb error for more than ``Image.MAX_IMAGE_PIXELS`` pixels (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and pixels > limit:
+        raise Image.DecompressionBombError(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels.")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -136,7 +147,10 @@ def preprocess_image(image: ImageInput, config: EquiAVConfig | None = None) -> t
     """
     config = config or EquiAVConfig()
     if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
+        try:
+            return _preprocess_pil(load_image(image), config)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"image {image}: {error}") from error
     if isinstance(image, Image.Image):
         return _preprocess_pil(to_rgb(image), config)
     if isinstance(image, np.ndarray):
@@ -178,13 +192,26 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return short_side, int(short_side * width / height)
 
 
+def _checked_resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """``resized_size``, refusing sizes above ``Image.MAX_IMAGE_PIXELS`` (extreme aspect ratios)."""
+    new_height, new_width = resized_size(height, width, short_side)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and new_height * new_width > limit:
+        raise InvalidInputError(
+            f"image of {width}x{height} pixels would be resized to {new_width}x{new_height} before the center crop, "
+            f"more than PIL.Image.MAX_IMAGE_PIXELS ({limit}); crop it to a sane aspect ratio or raise that limit"
+        )
+    return new_height, new_width
+
+
 def _preprocess_pil(image: Image.Image, config: EquiAVConfig) -> torch.Tensor:
     width, height = image.size
-    new_height, new_width = resized_size(height, width, config.image_resize)
+    new_height, new_width = _checked_resized_size(height, width, config.image_resize)
     if (new_height, new_width) != (height, width):
         image = image.resize((new_width, new_height), _PIL_FILTERS[config.image_interpolation])
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-    return _normalize(_center_crop(pixels.to(torch.float32).div(255), config.image_size), config)
+    # Crop before the float conversion (same values) so a long resized image is never held as float.
+    return _normalize(_center_crop(pixels, config.image_size).to(torch.float32).div(255), config)
 
 
 def _preprocess_tensor(chw: torch.Tensor, config: EquiAVConfig) -> torch.Tensor:
@@ -192,7 +219,7 @@ def _preprocess_tensor(chw: torch.Tensor, config: EquiAVConfig) -> torch.Tensor:
     values = chw.to(torch.float32).div(255) if chw.dtype == torch.uint8 else _checked_float(chw)
     rgb = _flatten_channels(values)
     height, width = rgb.shape[-2:]
-    new_height, new_width = resized_size(height, width, config.image_resize)
+    new_height, new_width = _checked_resized_size(height, width, config.image_resize)
     if (new_height, new_width) != (height, width):
         mode, antialias = _TORCH_MODES[config.image_interpolation]
         extra = {"align_corners": False} if mode in ("bicubic", "bilinear") else {}

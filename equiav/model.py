@@ -178,6 +178,8 @@ class EquiAVModel(
         )
         if not (ok_3d or ok_4d):
             raise InvalidInputError(f"audio must have shape {expected}, got {tuple(audio.shape)}")
+        if not torch.isfinite(audio).all():
+            raise InvalidInputError("audio filterbank contains NaN or infinite values")
         return audio.to(device=self.device, dtype=self.dtype)
 
     def _check_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -191,6 +193,8 @@ class EquiAVModel(
             )
         if image.dim() != 4 or tuple(image.shape[1:]) != (cfg.in_chans, cfg.image_size, cfg.image_size):
             raise InvalidInputError(f"image must have shape {expected}, got {tuple(image.shape)}")
+        if not torch.isfinite(image).all():
+            raise InvalidInputError("image tensor contains NaN or infinite values")
         return image.to(device=self.device, dtype=self.dtype)
 
     def _embed_audio_patches(self, audio: torch.Tensor) -> torch.Tensor:

@@ -229,7 +229,8 @@ def plot_similarity(
     gallery_name: str = "gallery",
     max_items: int = 200,
 ) -> Path:
-    """Save the similarity matrix (the top-left ``max_items`` square at most) as a PNG heat map.
+    """Save the similarity matrix as a PNG heat map; larger matrices show ``max_items`` evenly spaced rows and
+    columns (so a class-sorted set keeps its block structure).
 
     Needs matplotlib (``pip install 'equiav[plot]'``).
     """
@@ -244,7 +245,9 @@ def plot_similarity(
         ) from error
     if not isinstance(similarity, torch.Tensor) or similarity.dim() != 2:
         raise InvalidInputError("similarity must be a (queries, gallery) matrix")
-    shown = similarity[:max_items, :max_items].detach().cpu().float().numpy()
+    rows = torch.linspace(0, similarity.shape[0] - 1, min(similarity.shape[0], max_items)).round().long()
+    cols = torch.linspace(0, similarity.shape[1] - 1, min(similarity.shape[1], max_items)).round().long()
+    shown = similarity.detach().cpu()[rows][:, cols].float().numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(figsize=(6, 5))

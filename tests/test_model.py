@@ -162,6 +162,10 @@ def test_bad_shapes_and_dtypes_are_reported():
         model.encode_audio(torch.zeros(2, 1024, 128, dtype=torch.int64))
     with pytest.raises(InvalidInputError, match="224"):
         model.encode_image(torch.zeros(2, 3, 200, 200))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        model.encode_audio(torch.full((1, 1024, 128), float("nan")))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        model.encode_image(torch.full((1, 3, 224, 224), float("inf")))
     with pytest.raises(InvalidInputError, match="views"):
         model.encode_image(torch.zeros(1, 3, 224, 224), views=torch.zeros(16, 24))
 

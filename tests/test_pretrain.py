@@ -104,7 +104,8 @@ def test_help_lists_every_option_with_a_description():
     # Every option has real help text (from the dataclass docstrings), not just its name.
     for action in build_parser()._actions:
         if action.dest not in ("help", "config", "print_config"):
-            assert action.help and len(action.help) > 25 and "default" in action.help, action.dest
+            assert action.help and len(action.help) > 25, action.dest
+            assert "(default: " in action.help or "(required)" in action.help, action.dest
 
 
 def test_help_runs_as_a_module():
@@ -245,14 +246,25 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
 
 _KILLED_WRITER = """
 import os, signal, sys, torch
-from equiav.training.checkpoint import save_checkpoint
+from equiav.training import checkpoint
 
-class DieWhilePickled:
-    def __reduce__(self):
-        os.kill(os.getpid(), signal.SIGKILL)
+class DiesAfterOneMegabyte:
+    def __init__(self, handle):
+        self.handle, self.written = handle, 0
 
-big = {"w": torch.zeros(1_000_000)}
-save_checkpoint(sys.argv[1], 2, {"step": 2, "model": big, "boom": DieWhilePickled()})
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 1_000_000:
+            self.handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()
+
+real_save = torch.save
+checkpoint.torch.save = lambda obj, handle: real_save(obj, DiesAfterOneMegabyte(handle))
+checkpoint.save_checkpoint(sys.argv[1], 2, {"step": 2, "model": {"w": torch.zeros(1_000_000)}})
 """
 
 
@@ -382,3 +394,24 @@ def test_torchrun_two_processes_match_one_process(shared_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
     assert EquiAVModel.from_pretrained(two / "final").config.name == "equiav-tiny-digits"
     assert load_checkpoint(two / "checkpoints" / "ckpt-00000003.pt")["world_size"] == 2
+
+
+def test_benchmark_flop_formula_matches_torch_flop_counter():
+    """The analytic FLOP count that the benchmark's MFU uses equals torch's count of the model's forward."""
+    import importlib.util
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from equiav import EquiAVConfig
+
+    spec = importlib.util.spec_from_file_location("bench_train_step", REPO_ROOT / "benchmarks" / "bench_train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = EquiAVConfig.from_preset("equiav-tiny")
+    model = EquiAVModel(cfg)
+    inputs = bench.make_inputs(cfg, batch=2, views=5, device=torch.device("cpu"))
+    # The math attention kernel runs as matmuls that the counter sees (it has no rule for the fused CPU kernel).
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    assert bench.forward_flops(cfg, batch=2, views=5) == pytest.approx(counter.get_total_flops(), rel=1e-9)

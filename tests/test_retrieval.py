@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from equiav.errors import InvalidInputError
 from equiav.retrieval import (
@@ -156,3 +161,100 @@ def test_plot_similarity_writes_png(tmp_path) -> None:
 def test_json_serializable() -> None:
     out = audio_visual_retrieval(torch.randn(4, 3), torch.randn(4, 3))
     assert json.loads(json.dumps(out)) == out
+
+
+# ------------------------------------------------------------------------------------------------- evaluate command
+
+
+def _retrieval_worker(rank: int, port: int, args: list[str], out: str) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    from equiav.training.evaluate import main
+
+    main([*args, "--output", str(Path(out) / f"rank{rank}.json")])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_avdigits_retrieval_command_matches_direct_computation_and_two_processes(
+    shared_dir, tmp_path, one_thread
+):
+    from equiav.model import EquiAVModel
+    from equiav.training.data import avdigits_eval_set
+    from equiav.training.evaluate import main
+
+    args = ["retrieval", "--model", "equiav-tiny-digits", "--random-init", "--avdigits", str(shared_dir / "data"),
+            "--no-progress", "--batch-size", "128"]  # fmt: skip
+    main([*args, "--output", str(tmp_path / "one.json"), "--plot", str(tmp_path / "sim.png")])
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert (one["level"], one["num_audio"], one["num_video"]) == ("class", 500, 800)
+
+    torch.manual_seed(0)
+    model = EquiAVModel("equiav-tiny-digits").eval()
+    fbanks, images, audio_labels, image_labels = avdigits_eval_set(shared_dir / "data", model.config, "val")
+    with torch.no_grad():
+        audio = torch.nn.functional.normalize(model.encode_audio(fbanks), dim=-1)
+        video = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+    direct = audio_visual_retrieval(audio, video, audio_labels, image_labels)
+    for direction in ("video_to_audio", "audio_to_video"):
+        for key, value in direct[direction].items():
+            assert one[direction][key] == pytest.approx(value, abs=1e-9), (direction, key)
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "sim.png").read_bytes()[:4] == b"\x89PNG"
+
+    mp.spawn(_retrieval_worker, args=(_free_port(), args, str(tmp_path)), nprocs=2, join=True)
+    two = json.loads((tmp_path / "rank0.json").read_text())
+    assert not (tmp_path / "rank1.json").exists()  # only the main process reports
+    for direction in ("video_to_audio", "audio_to_video"):
+        for key, value in one[direction].items():
+            assert two[direction][key] == pytest.approx(value, abs=1e-9), (direction, key)
+
+
+def test_manifest_retrieval_uses_the_middle_frame(shared_dir, tmp_path, one_thread) -> None:
+    """Instance level over an authors'-style manifest whose clips have only frame_5 (B6: frame 10 does not exist)."""
+    from PIL import Image
+
+    from equiav.training.evaluate import main
+
+    recordings = sorted((shared_dir / "data" / "fsdd" / "recordings").glob("*_theo_0.wav"))[:6]
+    rows = []
+    for i, wav in enumerate(recordings):
+        (tmp_path / "frames" / "frame_5").mkdir(parents=True, exist_ok=True)
+        pixels = np.full((40, 40, 3), 40 * i, dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "frames" / "frame_5" / f"clip{i}.jpg")
+        rows.append(
+            {"video_id": f"clip{i}", "wav": str(wav), "video_path": "frames", "labels": f"/m/{i % 2}"}
+        )
+    manifest = tmp_path / "retrieval.json"
+    manifest.write_text(json.dumps({"data": rows}))
+    base = [
+        "retrieval",
+        "--model",
+        "equiav-tiny-digits",
+        "--random-init",
+        "--manifest",
+        str(manifest),
+        "--no-progress",
+    ]
+    main([*base, "--output", str(tmp_path / "instance.json")])
+    result = json.loads((tmp_path / "instance.json").read_text())
+    assert (result["frame"], result["level"], result["num_audio"]) == (5, "instance", 6)
+    assert result["audio_to_video"]["R@10"] == 100.0  # 6 clips: every rank is below 10
+    main([*base, "--class-level", "--output", str(tmp_path / "class.json")])
+    assert json.loads((tmp_path / "class.json").read_text())["audio_to_video"]["R@5"] == 100.0
+    with pytest.raises(SystemExit, match="frame_3"):
+        main([*base, "--frame", "3", "--output", str(tmp_path / "x.json")])

@@ -19,12 +19,17 @@ API (``AudioAugmenter`` and ``VisualAugmenter`` share it):
 * ``sample_vectors(n, generator)`` -> float32 (n, d): vectors only, vectorized over n, from the same joint
   distribution as ``sample`` (what the centroid views use; reference 2.4, without the authors' dummy images).
 * ``augmenter(x, generator)`` -> (augmented tensor, vector): sample, apply and encode in one call.
+* ``AudioAugmenter.for_config(cfg)`` / ``VisualAugmenter.for_config(cfg)``: the augmenter for an ``EquiAVConfig``
+  (its ``target_length``, ``num_mel_bins`` and ``image_size``).
 * ``identity_params()`` / ``identity_vector()``: the in-distribution "no augmentation" (crop flag on with the whole
   input, everything else off; reference 2.6); applying it returns the input unchanged.
 
 Audio input is the normalized filterbank, (T, F) or (B, T, F), T = ``target_length`` frames, F = ``num_mel_bins``;
 the output has the same shape. Visual input is a float RGB image in [0, 1], (3, H, W) or (B, 3, H, W), any size; the
 output is (3, S, S) or (B, 3, S, S) with S = ``image_size``, still in [0, 1] (ImageNet normalization comes later).
+Visual crops are stored as fractions of the input; ``VisualAugmenter.sample(generator, input_size)`` draws them on
+the pixel grid of the actual frame, as the authors' dataset did, while ``sample_vectors`` assumes an S x S input, as
+their model's sampler did. Which frame is augmented (bug B5) is the data pipeline's choice, not this module's.
 
 Audio vector (24): 0 SpecAugment flag; 1-2 time-mask start, end (raw frame indices); 3-4 frequency-mask start, end
 (raw bin indices); 5 time-shift flag (same coin as 0); 6 shift n / T, n uniform in [-T, T); 7 crop flag (always 1);
@@ -44,9 +49,9 @@ Default behaviour versus ``faithful=True`` (the authors' code, for ablations and
   with its mean, without clamping (the paper's brightness and contrast for audio; the two commute). A single-channel
   spectrogram has no saturation or hue, so those two factors are sampled and recorded, keeping the vector
   distribution, but change nothing. ``faithful=True`` runs torchvision's colour ops on the 3-channel copy, clamping
-  to [0, 1] as the authors' pipeline did; because their hue step leaves the red channel unclamped while green and
-  blue are clamped, the channels can differ afterwards, so faithful audio output is the authors' 3-channel tensor
-  (3, T, F) or (B, 3, T, F).
+  to [0, 1] as the authors' pipeline did. Their hue step leaves one channel unclamped (red for shifts of up to
+  1/6 turn) and clamps the other two, so a later brightness, contrast or saturation step can make the channels
+  differ; faithful audio output is therefore the authors' 3-channel tensor, (3, T, F) or (B, 3, T, F).
 * Audio flip (B4): the authors' "horizontal flip" reverses the mel bins, not time; both modes do the same.
 * Blur: a Gaussian of standard deviation sigma with a 2 * ceil(sigma) + 1 tap kernel and reflect padding, as
   torchvision's ``gaussian_blur`` (exactly the authors' audio blur). The authors blurred frames with Pillow's
@@ -386,9 +391,8 @@ def _index(v: list[float], index: int, scale: int = 1) -> int:
     value = v[index] * scale
     rounded = round(value)
     if abs(value - rounded) > 1e-3:
-        raise InvalidInputError(
-            f"augmentation vector entry {index} must be an integer / {scale}, got {v[index]} (= {value} / {scale})"
-        )
+        what = "a whole number" if scale == 1 else f"a whole multiple of 1/{scale}"
+        raise InvalidInputError(f"augmentation vector entry {index} must be {what}, got {v[index]}")
     return int(rounded)
 
 
@@ -694,8 +698,12 @@ def _gaussian_kernels(sigmas: Sequence[float], taps: int, device: torch.device) 
     return density / density.sum(dim=1, keepdim=True)
 
 
-def _pil_box_kernels(sigmas: Sequence[float], device: torch.device) -> tuple[int, torch.Tensor]:
-    """Kernel rows of Pillow's extended box filter whose three passes approximate a Gaussian of std sigma."""
+def _pil_box_kernels(sigmas: Sequence[float], device: torch.device) -> torch.Tensor:
+    """(N, taps) rows of Pillow's extended box filter, three passes of which approximate a Gaussian of std sigma.
+
+    A box of radius l + a (l whole) averages 2l + 1 pixels with weight 1 and the next pixel on each side with weight
+    a, normalized by 2 (l + a) + 1; rows of one call share l (``_blur`` groups them).
+    """
     radii = [_pil_box_radius(s) for s in sigmas]
     whole = max(math.floor(r) for r in radii)
     taps = 2 * whole + 3
@@ -706,7 +714,7 @@ def _pil_box_kernels(sigmas: Sequence[float], device: torch.device) -> tuple[int
         rows[k, centre - inner : centre + inner + 1] = 1.0
         rows[k, centre - inner - 1] = rows[k, centre + inner + 1] = radius - inner
         rows[k] /= 2 * radius + 1
-    return whole, rows.to(device)
+    return rows.to(device)
 
 
 def _pil_box_radius(sigma: float, passes: int = 3) -> float:
@@ -729,7 +737,7 @@ def _blur(x: torch.Tensor, params: Sequence[AudioAugParams | VisualAugParams], p
 
         def run(sub: torch.Tensor, ids: list[int], sigmas=sigmas) -> torch.Tensor:
             if pil:
-                _, rows = _pil_box_kernels(sigmas, sub.device)
+                rows = _pil_box_kernels(sigmas, sub.device)
                 for dim in (-1, -2):
                     for _ in range(3):
                         sub = _filter_axis(sub, rows, dim, "replicate")

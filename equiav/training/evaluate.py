@@ -33,7 +33,7 @@ from ..config import EquiAVConfig, list_models
 from ..errors import DatasetError, EquiAVError, InvalidInputError
 from ..retrieval import DEFAULT_KS, TIE_RULES, audio_visual_retrieval, format_table, similarity_matrix
 from .launch import DistributedContext, setup_distributed, teardown_distributed
-from .metrics import gather_in_order
+from .metrics import gather_in_order, shard
 
 
 def load_backbone(
@@ -57,13 +57,6 @@ def load_backbone(
         return EquiAVModel(EquiAVConfig.from_preset(name)).eval()
     overrides = {"num_heads": num_heads} if num_heads else {}
     return EquiAVModel.from_pretrained(name, config=preset, **overrides).eval()
-
-
-def shard(count: int, rank: int, world_size: int) -> range:
-    """The contiguous share of ``count`` items that ``rank`` evaluates (sizes differ by at most one)."""
-    base, extra = divmod(count, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
 
 
 class ManifestClips(Dataset):
@@ -297,9 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m equiav.training.evaluate`` and ``equiav eval``."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    for name in ("batch_size",):
-        if getattr(args, name, 1) < 1:
-            raise SystemExit(f"equiav eval: --{name.replace('_', '-')} must be at least 1")
+    if getattr(args, "batch_size", 1) < 1:
+        raise SystemExit("equiav eval: --batch-size must be at least 1")
     try:
         args.func(args)
     except EquiAVError as error:

@@ -75,7 +75,7 @@ from .launch import (
     teardown_distributed,
 )
 from .logger import TrainingLogger
-from .metrics import classification_metrics, gather_predictions
+from .metrics import classification_metrics, gather_predictions, shard
 from .pretrain import (
     OptimConfig,
     Position,
@@ -165,7 +165,7 @@ class FinetuneConfig:
     * ``device``: ``auto``, ``cpu`` or ``cuda``.
     * ``num_workers``: data-loader worker processes per training process.
     * ``eval_batch_size``: items per evaluation batch on each process.
-    * ``max_val_items``: evaluate on the first this many validation items only (0: all; for quick runs).
+    * ``max_val_items``: evaluate on this many evenly spaced validation items only (0: all; for quick runs).
     * ``log_every``: log training metrics every this many optimizer steps.
     * ``val_every``: evaluate every this many optimizer steps (0: at the end of every epoch, and at the end).
     * ``tensorboard``: also write TensorBoard event files.
@@ -495,13 +495,6 @@ class WeightedShardSampler(ShardSampler):
         return drawn.tolist()[self.rank :: self.world_size][self.start_batch * self.batch_size :]
 
 
-def shard(count: int, rank: int, world_size: int) -> range:
-    """The contiguous share of ``count`` evaluation items of ``rank`` (no padding, no item twice)."""
-    base, extra = divmod(count, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
-
-
 def mixup(
     batch: dict[str, torch.Tensor], probability: float, alpha: float, rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
@@ -542,11 +535,12 @@ def evaluate_classifier(
     autocast=nullcontext,
     limit: int = 0,
 ) -> dict[str, float]:
-    """Loss and metrics (``classification_metrics``) over every item of ``dataset`` (the first ``limit`` when
-    positive): each rank scores its contiguous share and the logits are gathered in item order before scoring, so
-    the numbers equal one process's."""
-    count = min(len(dataset), limit) if limit > 0 else len(dataset)
-    subset = Subset(dataset, list(shard(count, ctx.rank, ctx.world_size)))
+    """Loss and metrics (``classification_metrics``) over every item of ``dataset`` (``limit`` evenly spaced items
+    when positive): each rank scores its contiguous share and the logits are gathered in item order before scoring,
+    so the numbers equal one process's."""
+    total = len(dataset)
+    items = [i * total // limit for i in range(limit)] if 0 < limit < total else list(range(total))
+    subset = Subset(dataset, [items[i] for i in shard(len(items), ctx.rank, ctx.world_size)])
     loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pretrain)
     was_training = model.training
     model.eval()
@@ -814,6 +808,7 @@ class FinetuneTrainer:
         loader = DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.cfg.num_workers,
             collate_fn=collate_pretrain, drop_last=True, pin_memory=self.ctx.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
         )  # fmt: skip
         return iter(loader)
 

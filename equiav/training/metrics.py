@@ -144,6 +144,14 @@ def classification_metrics(
     return metrics
 
 
+def shard(count: int, rank: int, world_size: int) -> range:
+    """The contiguous share of ``count`` evaluation items that ``rank`` scores: no padding, no item twice, sizes
+    differing by at most one (gather the results with ``gather_in_order``)."""
+    base, extra = divmod(count, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
 def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows in rank order; ranks may hold different numbers of rows."""
     count = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
@@ -196,4 +204,5 @@ __all__ = [
     "gather_in_order",
     "gather_predictions",
     "roc_auc",
+    "shard",
 ]

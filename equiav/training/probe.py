@@ -293,8 +293,8 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="write the result as JSON")
 
 
-def _probe_sets(args: argparse.Namespace, config) -> tuple[dict[str, Any], int]:
-    """LabelledDatasets of the train / val (optional) / test splits and the number of classes."""
+def _probe_sets(args: argparse.Namespace, config) -> dict[str, Any]:
+    """(LabelledDataset, rows or None) of the train, test and (when there is one) val splits."""
     from .data import DataConfig, build_pretrain_dataset
     from .finetune import DIGIT_NAMES, LabelledDataset
 
@@ -317,7 +317,7 @@ def _probe_sets(args: argparse.Namespace, config) -> tuple[dict[str, Any], int]:
                 None,
             ),
         }
-        return sets, len(DIGIT_NAMES)
+        return sets
     if not (args.test_manifest and args.label_csv):
         raise InvalidInputError("--train-manifest needs --test-manifest and --label-csv")
     sets = {}
@@ -330,7 +330,7 @@ def _probe_sets(args: argparse.Namespace, config) -> tuple[dict[str, Any], int]:
             data = DataConfig(kind="manifest", path=manifest, val_path=manifest, label_csv=args.label_csv)
             base = build_pretrain_dataset(data, config, "val")
             sets[split] = (LabelledDataset(base, base.label_space.num_classes, train=False), None)
-    return sets, sets["train"][0].num_classes
+    return sets
 
 
 def run_probe(args: argparse.Namespace) -> dict[str, Any]:
@@ -344,7 +344,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     model = load_backbone(args.model, random_init=args.random_init, seed=args.seed, preset=args.preset).to(
         device
     )
-    sets, _ = _probe_sets(args, model.config)
+    sets = _probe_sets(args, model.config)
     multi_label = args.task == "multi_label"
     extracted = {}
     for split, (dataset, rows) in sets.items():
