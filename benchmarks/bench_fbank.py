@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import load_average
 
 from equiav import audio
 
@@ -84,6 +85,7 @@ def main() -> None:
     clips = clips.to(device)
 
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, {platform.python_version()}")
+    print(load_average())
     print(f"torch {torch.__version__}, device {device}" + (
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     ))  # fmt: skip

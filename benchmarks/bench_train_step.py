@@ -102,12 +102,17 @@ def make_inputs(cfg: EquiAVConfig, batch: int, views: int, device: torch.device)
 class StepRunner:
     """A model, loss and optimizer that run timed training steps."""
 
-    def __init__(self, cfg: EquiAVConfig, device: torch.device, bf16: bool, checkpointing: bool) -> None:
+    def __init__(
+        self, cfg: EquiAVConfig, device: torch.device, bf16: bool, checkpointing: bool, compile: bool = False
+    ) -> None:
         torch.manual_seed(0)
         self.model = EquiAVModel(cfg).to(device).train()
         self.model.set_grad_checkpointing(checkpointing)
+        self.forward = torch.compile(self.model) if compile else self.model
         self.loss = EquiAVLoss()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-5)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-5
+        )
         self.device, self.bf16 = device, bf16
 
     def step(self, inputs: dict[str, torch.Tensor]) -> float:
@@ -115,7 +120,7 @@ class StepRunner:
         self._sync()
         start = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            losses = self.loss(self.model(**inputs))
+            losses = self.loss(self.forward(**inputs))
         losses.total.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -160,9 +165,11 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
-def time_views(args: argparse.Namespace, cfg: EquiAVConfig, device: torch.device, bf16: bool) -> dict[int, float]:
+def time_views(
+    args: argparse.Namespace, cfg: EquiAVConfig, device: torch.device, bf16: bool
+) -> dict[int, float]:
     """Median step seconds per S, timed round-robin after ``args.warmup`` untimed steps each."""
-    runner = StepRunner(cfg, device, bf16, checkpointing=False)
+    runner = StepRunner(cfg, device, bf16, checkpointing=False, compile=args.compile)
     inputs = {s: make_inputs(cfg, args.batch_size, s, device) for s in args.views}
     for _ in range(args.warmup):
         for s in args.views:
@@ -207,13 +214,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="equiav-base", help="model preset (default: equiav-base)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=None, help="per step (default: 2 on CPU, 32 on CUDA)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="per step (default: 2 on CPU, 32 on CUDA)"
+    )
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8, 16], help="values of S to time")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per setting (default: 1 CPU, 5 CUDA)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per setting (default: 3 CPU, 20 CUDA)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: by name)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the activation-checkpointing comparison")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per setting (default: 1 CPU, 5 CUDA)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed steps per setting (default: 3 CPU, 20 CUDA)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: by name)"
+    )
+    parser.add_argument("--compile", action="store_true", help="time the model through torch.compile")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the activation-checkpointing comparison"
+    )
     parser.add_argument("--probe", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "auto":
@@ -238,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     print("machine:", json.dumps(machine_info(device)))
     print(
         f"settings: preset {args.preset}, batch {args.batch_size}, precision {'bf16 autocast' if bf16 else 'fp32'}, "
-        f"warmup {args.warmup}, repeats {args.repeats} (medians), views {args.views}"
+        f"warmup {args.warmup}, repeats {args.repeats} (medians), views {args.views}, compile {args.compile}"
     )
     medians = time_views(args, cfg, device, bf16)
     peak = peak_tflops(device, args.peak_tflops)

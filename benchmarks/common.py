@@ -190,12 +190,20 @@ def add_common_arguments(
     parser: argparse.ArgumentParser, repeats: int, warmup: int, device: bool = True
 ) -> None:
     """Options the scripts of this folder share, with the script's own default repeat counts."""
-    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed calls per variant (default {repeats})")
-    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls per variant first (default {warmup})")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"timed calls per variant (default {repeats})"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=warmup, help=f"untimed calls per variant first (default {warmup})"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     if device:
         parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings that only check that the script runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings that only check that the script runs"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
 
 

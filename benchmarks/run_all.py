@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUMMARY_MARKERS = ("machine:", "ratio", "speed-up", "slowest", "goal", "examples/s", "MFU", "cosine", "max |")
+SUMMARY_MARKERS = ("machine:", "ratio", "speed-up", "slowest", "goal", "examples/s", "MFU", "cosine", "max |",
+                   "predictors")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,15 @@ def run_one(bench: Benchmark, args: argparse.Namespace) -> tuple[int, float, lis
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings: only check that every script runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings: only check that every script runs"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (scripts that have GPU variants)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every script")
     parser.add_argument("--only", nargs="+", choices=[b.name for b in BENCHMARKS], help="run only these")
-    parser.add_argument("--out", type=Path, default=None, help="folder for logs, JSON results and summary.txt")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for logs, JSON results and summary.txt"
+    )
     parser.add_argument(
         "--args", nargs=2, action="append", metavar=("NAME", "ARGS"), help="extra arguments for one script"
     )

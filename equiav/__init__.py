@@ -9,6 +9,7 @@ Quick start::
     similarity = audio @ image.T
 """
 
+from .classifier import ClassifierConfig, EquiAVClassifier
 from .config import EquiAVConfig, list_models
 from .errors import (
     AudioDecodeError,
@@ -28,6 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AudioDecodeError",
+    "ClassifierConfig",
+    "EquiAVClassifier",
     "CheckpointError",
     "ConfigError",
     "DatasetError",

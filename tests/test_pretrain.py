@@ -169,7 +169,9 @@ def test_schedule_warmup_then_half_cosine_values():
     lrs = []
     for _ in range(14):
         lrs.append(schedule.step())
-        assert optimizer.param_groups[1]["lr"] == pytest.approx(0.5 * optimizer.param_groups[0]["lr"], rel=1e-12)
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(
+            0.5 * optimizer.param_groups[0]["lr"], rel=1e-12
+        )
     assert lrs[0] == pytest.approx(2e-7)
     assert lrs[2] == pytest.approx((2e-7 + 1e-3) / 2)  # halfway through warmup
     assert lrs[4] == pytest.approx(1e-3)  # peak right after warmup
@@ -271,7 +273,10 @@ checkpoint.save_checkpoint(sys.argv[1], 2, {"step": 2, "model": {"w": torch.zero
 def test_write_killed_midway_leaves_previous_checkpoint_intact(tmp_path):
     save_checkpoint(tmp_path, 1, _state(1))
     result = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], env=_run_env(), capture_output=True, timeout=120
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)],
+        env=_run_env(),
+        capture_output=True,
+        timeout=120,
     )
     assert result.returncode == -signal.SIGKILL
     strays = list(tmp_path.glob(".tmp-*"))
@@ -333,38 +338,47 @@ def _final_weights(output: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_sigkill_then_resume_ends_with_identical_weights(shared_dir, tmp_path, workers):
-    """A run killed with SIGKILL mid-step and resumed ends bit-identical to an uninterrupted one (CPU)."""
+def test_sigkill_then_resume_ends_with_identical_weights(shared_dir, tmp_path):
+    """Runs killed with SIGKILL mid-step and resumed (0 and 2 data workers) end bit-identical to an uninterrupted one."""
 
-    def args(output: Path) -> list[str]:
+    def args(output: Path, workers: str) -> list[str]:
         options = {"--num-workers": workers, "--checkpoint-every-steps": "3"}
         return _digits_args(shared_dir, output, 8, **options) + ["--deterministic"]
 
     straight = tmp_path / "straight"
-    result = _pretrain(args(straight))
+    result = _pretrain(args(straight, "0"))
     assert result.returncode == 0, result.stderr[-3000:]
-
-    resumed = tmp_path / "resumed"
-    env = _run_env()
-    env["EQUIAV_FAULT_KILL_AT_STEP"] = "5"
-    killed = _pretrain(args(resumed), env=env)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert [s for s, _ in list_checkpoints(resumed / "checkpoints")] == [3]
-    assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4]  # step 4 was logged after the checkpoint
-    assert not (resumed / "final").exists()
-
-    result = _pretrain(args(resumed))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [r["step"] for r in _metrics(resumed)] == list(range(1, 9))  # the killed run's step 4 was replaced
-    a, b = _final_weights(straight), _final_weights(resumed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ours = load_checkpoint(resumed / "checkpoints" / "ckpt-00000008.pt")
+    reference = _final_weights(straight)
     theirs = load_checkpoint(straight / "checkpoints" / "ckpt-00000008.pt")
-    for slot in theirs["optimizer"]["state"]:
-        for key, value in theirs["optimizer"]["state"][slot].items():
-            assert torch.equal(value, ours["optimizer"]["state"][slot][key])
+
+    for workers in ("0", "2"):
+        resumed = tmp_path / f"resumed-{workers}"
+        env = _run_env()
+        env["EQUIAV_FAULT_KILL_AT_STEP"] = "5"
+        killed = _pretrain(args(resumed, workers), env=env)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert [s for s, _ in list_checkpoints(resumed / "checkpoints")] == [3]
+        assert [r["step"] for r in _metrics(resumed)] == [
+            1,
+            2,
+            3,
+            4,
+        ]  # step 4 was logged after the checkpoint
+        assert not (resumed / "final").exists()
+
+        result = _pretrain(args(resumed, workers))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert [r["step"] for r in _metrics(resumed)] == list(
+            range(1, 9)
+        )  # the killed run's step 4 was replaced
+        weights = _final_weights(resumed)
+        assert weights.keys() == reference.keys()
+        assert all(torch.equal(weights[k], reference[k]) for k in reference), workers
+        ours = load_checkpoint(resumed / "checkpoints" / "ckpt-00000008.pt")
+        for slot, state in theirs["optimizer"]["state"].items():
+            assert all(
+                torch.equal(value, ours["optimizer"]["state"][slot][key]) for key, value in state.items()
+            )
 
 
 def _free_port() -> int:
@@ -405,7 +419,9 @@ def test_benchmark_flop_formula_matches_torch_flop_counter():
 
     from equiav import EquiAVConfig
 
-    spec = importlib.util.spec_from_file_location("bench_train_step", REPO_ROOT / "benchmarks" / "bench_train_step.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_train_step", REPO_ROOT / "benchmarks" / "bench_train_step.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cfg = EquiAVConfig.from_preset("equiav-tiny")
@@ -415,3 +431,56 @@ def test_benchmark_flop_formula_matches_torch_flop_counter():
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(**inputs)
     assert bench.forward_flops(cfg, batch=2, views=5) == pytest.approx(counter.get_total_flops(), rel=1e-9)
+
+
+class _RandomPairs(torch.utils.data.Dataset):
+    """Synthetic pretraining items (a function of the index), to exercise the loop without reading files."""
+
+    def __init__(self, cfg, size: int, views: int = 4) -> None:
+        self.cfg, self.size, self.views = cfg, size, views
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(index)
+        cfg = self.cfg
+        audio = (cfg.target_length, cfg.num_mel_bins)
+        image = (3, cfg.image_size, cfg.image_size)
+        return {
+            "audio": torch.randn(audio, generator=g), "image": torch.randn(image, generator=g),
+            "audio_aug": torch.randn(audio, generator=g), "image_aug": torch.randn(image, generator=g),
+            "t_audio": torch.rand(cfg.audio_aug_dim, generator=g), "t_image": torch.rand(cfg.visual_aug_dim, generator=g),
+            "t_audio_views": torch.rand(self.views, cfg.audio_aug_dim, generator=g),
+            "t_image_views": torch.rand(self.views, cfg.visual_aug_dim, generator=g),
+            "index": torch.tensor(index), "label": torch.tensor(index % 10),
+        }  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_run_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
+    from equiav.training import pretrain
+
+    monkeypatch.setattr(
+        pretrain, "build_pretrain_dataset", lambda data, model, split: _RandomPairs(model, 64)
+    )
+    values = {
+        "data": {"kind": "manifest", "path": "synthetic"}, "model": "equiav-tiny", "device": "cuda",
+        "precision": "bf16", "grad_checkpointing": True, "batch_size": 8, "num_workers": 2,
+        "max_steps": 6, "checkpoint_every_steps": 3, "log_every": 1, "progress": False, "tensorboard": False,
+        "output_dir": str(tmp_path), "optim": {"warmup_steps": 2, "lr": 1e-3, "grad_accum": 2},
+    }  # fmt: skip
+    result = pretrain.train(pretrain.build_config(PretrainConfig, values))
+    assert result["step"] == 6 and math.isfinite(result["train"]["loss"])
+    losses = [r["loss"] for r in _metrics(tmp_path)]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    values["max_steps"] = 9
+    result = pretrain.train(pretrain.build_config(PretrainConfig, values))
+    assert result["step"] == 9 and [r["step"] for r in _metrics(tmp_path)] == list(range(1, 10))
+    state = load_checkpoint(tmp_path / "checkpoints" / "ckpt-00000009.pt")
+    assert state["position"]["step"] == 9 and all(not k.startswith("_orig_mod") for k in state["model"])
+    model = EquiAVModel.from_pretrained(tmp_path / "final")
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())

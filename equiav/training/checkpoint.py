@@ -79,7 +79,9 @@ def clean_temporary_files(directory: str | Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], keep_last: int | None = None) -> Path:
+def save_checkpoint(
+    directory: str | Path, step: int, state: dict[str, Any], keep_last: int | None = None
+) -> Path:
     """Atomically write ``state`` as the checkpoint of ``step``, point ``latest`` at it and keep the newest ``keep_last``.
 
     ``keep_last=None`` keeps every checkpoint. Only one process (rank 0) should call this.

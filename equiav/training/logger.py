@@ -81,7 +81,9 @@ class TrainingLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log.warning("tensorboard is not installed; logging to metrics.jsonl only (pip install tensorboard)")
+            log.warning(
+                "tensorboard is not installed; logging to metrics.jsonl only (pip install tensorboard)"
+            )
             return None
         return SummaryWriter(str(directory), purge_step=start_step if start_step > 0 else None)
 

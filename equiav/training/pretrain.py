@@ -66,8 +66,25 @@ from .schedule import WarmupCosineSchedule
 
 log = logging.getLogger("equiav.pretrain")
 
-MODEL_INPUTS = ("audio", "image", "audio_aug", "image_aug", "t_audio", "t_image", "t_audio_views", "t_image_views")
-LOSS_FIELDS = ("total", "inter", "intra_audio", "intra_visual", "acc_inter", "acc_intra_audio", "acc_intra_visual")
+MODEL_INPUTS = (
+    "audio",
+    "image",
+    "audio_aug",
+    "image_aug",
+    "t_audio",
+    "t_image",
+    "t_audio_views",
+    "t_image_views",
+)
+LOSS_FIELDS = (
+    "total",
+    "inter",
+    "intra_audio",
+    "intra_visual",
+    "acc_inter",
+    "acc_intra_audio",
+    "acc_intra_visual",
+)
 LOGGED_NAMES = ("loss", "loss_inter", "loss_intra_audio", "loss_intra_visual", "acc_inter", "acc_intra_audio",
                 "acc_intra_visual")  # fmt: skip
 # Test hook: SIGKILL this process in the middle of optimizer step N (after backward, before the update).
@@ -252,7 +269,9 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
     if hint is Any:
         return value
     if _is_union(hint):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        ):
             return None
         for option in (a for a in args if a is not type(None)):
             try:
@@ -328,7 +347,9 @@ def _describe(hint: Any) -> str:
 def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from nested ``values``, checking names and types; raises ``ConfigError``."""
     if not isinstance(values, dict):
-        raise ConfigError(f"option group '{prefix.rstrip('.') or 'config'}': expected a JSON object, got {values!r}")
+        raise ConfigError(
+            f"option group '{prefix.rstrip('.') or 'config'}': expected a JSON object, got {values!r}"
+        )
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -343,7 +364,9 @@ def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         elif f.name in values:
             kwargs[f.name] = _convert(values[f.name], hint, name)
         elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f"option --{_option(name)} is required (in the config file or on the command line)")
+            raise ConfigError(
+                f"option --{_option(name)} is required (in the config file or on the command line)"
+            )
     try:
         return cls(**kwargs)
     except TypeError as error:
@@ -396,9 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m equiav.training.pretrain",
         description="Pretrain an EquiAV model. Options override the values of --config; run alone or under torchrun.",
     )
-    parser.add_argument("--config", metavar="PATH", help="JSON file with PretrainConfig fields (nested objects)")
     parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config as JSON and exit without training"
+        "--config", metavar="PATH", help="JSON file with PretrainConfig fields (nested objects)"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as JSON and exit without training",
     )
     _add_options(parser, PretrainConfig)
     return parser
@@ -449,7 +476,9 @@ class ShardSampler(Sampler[int]):
     the batches it already trained on without reading them.
     """
 
-    def __init__(self, size: int, *, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self, size: int, *, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True
+    ):
         self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.batches = size // (world_size * batch_size)
@@ -553,7 +582,9 @@ class Trainer:
         self.model.to(ctx.device)
         seed_everything(cfg.seed + ctx.rank)
 
-        self.train_data = DataStream(build_pretrain_dataset(cfg.data, self.model_config, "train"), cfg, ctx, True)
+        self.train_data = DataStream(
+            build_pretrain_dataset(cfg.data, self.model_config, "train"), cfg, ctx, True
+        )
         self.val_data = self._val_stream()
         self._eval_set: tuple[torch.Tensor, ...] | None = None
         self.steps_per_epoch = self.train_data.batches_per_epoch // cfg.optim.grad_accum
@@ -801,7 +832,9 @@ class Trainer:
         self.model.train()
         try:
             while position.step < self.total_steps:
-                batches = self.train_data.epoch(position.epoch, position.batch_in_epoch * cfg.optim.grad_accum)
+                batches = self.train_data.epoch(
+                    position.epoch, position.batch_in_epoch * cfg.optim.grad_accum
+                )
                 while position.step < self.total_steps and position.batch_in_epoch < self.steps_per_epoch:
                     values, grad_norm = self.train_step(batches)
                     position.step += 1
@@ -887,7 +920,9 @@ def _print_val(logger: TrainingLogger, step: int, metrics: dict[str, float]) -> 
 
 
 @torch.no_grad()
-def embed_in_batches(encode, inputs: torch.Tensor, batch_size: int, device: torch.device, autocast) -> torch.Tensor:
+def embed_in_batches(
+    encode, inputs: torch.Tensor, batch_size: int, device: torch.device, autocast
+) -> torch.Tensor:
     """L2-normalized float32 embeddings of ``inputs`` through ``encode`` (``encode_audio`` / ``encode_image``)."""
     parts = []
     for chunk in inputs.split(batch_size):
