@@ -176,6 +176,8 @@ class PretrainConfig:
     * ``log_every``: log training metrics every this many optimizer steps.
     * ``val_every``: validate every this many optimizer steps (0: only at the end).
     * ``val_batches``: validation micro-batches per evaluation for the loss (0: the whole validation split).
+    * ``zero_shot_eval``: with AV-digits, also measure class-level zero-shot R@1 (audio to image and back) on the
+      held-out speakers and images at each validation.
     * ``tensorboard``: also write TensorBoard event files.
     * ``progress``: show a progress bar (rank 0).
     * ``find_unused_parameters``: DDP's option; every parameter gets a gradient in EquiAV's forward, so it is off.
@@ -204,6 +206,7 @@ class PretrainConfig:
     log_every: int = 10
     val_every: int = 0
     val_batches: int = 0
+    zero_shot_eval: bool = True
     tensorboard: bool = True
     progress: bool = True
     find_unused_parameters: bool = False
@@ -788,7 +791,7 @@ class Trainer:
             if used:
                 values = _mean_over_ranks(totals / used, self.ctx)
                 metrics.update(zip(LOGGED_NAMES, values))
-        if self.cfg.data.kind == "avdigits" and self.ctx.is_main:
+        if self.cfg.zero_shot_eval and self.cfg.data.kind == "avdigits" and self.ctx.is_main:
             metrics.update(self.avdigits_retrieval())
         self.model.train()
         return metrics
