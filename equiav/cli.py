@@ -148,6 +148,13 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(model.config.to_json())
 
 
+DELEGATES = {
+    "eval": ("equiav.training.evaluate", "evaluation (e.g. `equiav eval retrieval ...`)"),
+    "demo": ("equiav.demo", "zero-shot audio<->image retrieval demo with the packaged model"),
+    "localize": ("equiav.localize", "sound-source localization heat map over an image"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="equiav", description="EquiAV audio-visual embeddings from the command line."
@@ -188,29 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", default=None)
     info.set_defaults(func=cmd_info)
 
-    for name, module, help_text in (
-        ("eval", "equiav.training.evaluate", "evaluation (e.g. `equiav eval retrieval ...`)"),
-        ("demo", "equiav.demo", "zero-shot audio<->image retrieval demo with the packaged model"),
-        ("localize", "equiav.localize", "sound-source localization heat map over an image"),
-    ):
-        delegate = sub.add_parser(name, help=help_text, add_help=False)
-        delegate.add_argument("args", nargs=argparse.REMAINDER)
-        delegate.set_defaults(func=None, module=module)
+    for name, (_, help_text) in DELEGATES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "func", None) is None:
+    if argv and argv[0] in DELEGATES:
         import importlib
 
-        module = importlib.import_module(args.module)
-        module.main(list(args.args) + rest)
+        importlib.import_module(DELEGATES[argv[0]][0]).main(argv[1:])
         return
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = build_parser().parse_args(argv)
     from .errors import EquiAVError
 
     try:

@@ -486,3 +486,10 @@ def test_cuda_bf16_run_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     assert state["position"]["step"] == 9 and all(not k.startswith("_orig_mod") for k in state["model"])
     model = EquiAVModel.from_pretrained(tmp_path / "final")
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["avdigits_tiny.json", "audioset_base.json"])
+def test_example_configs_parse(name):
+    cfg, _ = config_from_args(["--config", str(REPO_ROOT / "configs" / name)])
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 1e-5
+    assert cfg.model_config().name == cfg.model

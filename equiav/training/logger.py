@@ -85,7 +85,7 @@ class TrainingLogger:
                 "tensorboard is not installed; logging to metrics.jsonl only (pip install tensorboard)"
             )
             return None
-        return SummaryWriter(str(directory), purge_step=start_step if start_step > 0 else None)
+        return SummaryWriter(str(directory), purge_step=start_step + 1 if start_step > 0 else None)
 
     def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         """Record ``metrics`` (plain floats) for optimizer step ``step``."""

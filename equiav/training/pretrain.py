@@ -545,13 +545,16 @@ class DataStream:
         return batches
 
 
-def _uniform_batch(batch: dict[str, Any], ctx: DistributedContext) -> dict[str, Any] | None:
+def _uniform_batch(batch: dict[str, Any], ctx: DistributedContext, group=None) -> dict[str, Any] | None:
     """The model inputs of ``batch``, cut to the smallest batch over ranks (unreadable items shrink a batch, and the
-    cross-rank gathers need equal sizes); ``None`` when some rank has no item."""
+    cross-rank gathers need equal sizes); ``None`` when some rank has no item.
+
+    The sizes travel as a CPU tensor through ``group`` (a gloo group), so agreeing on them never waits for the GPU.
+    """
     rows = len(batch["index"]) if "index" in batch else 0
     if ctx.distributed:
-        count = torch.tensor([rows], device=ctx.device)
-        dist.all_reduce(count, op=dist.ReduceOp.MIN)
+        count = torch.tensor([rows])
+        dist.all_reduce(count, op=dist.ReduceOp.MIN, group=group)
         rows = int(count.item())
     if rows == 0:
         return None
@@ -623,6 +626,9 @@ class Trainer:
         )  # fmt: skip
         self.tracker = BadItemTracker(cfg.data.max_bad_fraction, cfg.data.min_items_before_error)
         self.position = self._restore_or_init()
+        # CPU-side agreement between ranks (batch sizes); NCCL only moves GPU tensors.
+        cpu_side = ctx.distributed and ctx.device.type == "cuda"
+        self.control_group = dist.new_group(backend="gloo") if cpu_side else None
         self.forward_model = self._wrap()
         kill_at = os.environ.get(KILL_AT_STEP_ENV)
         self.kill_at_step = int(kill_at) if kill_at else None
@@ -669,13 +675,18 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         states = state["rng"]
+        position = Position(**state["position"])
         if len(states) == self.ctx.world_size:
             set_rng_state(states[self.ctx.rank])
         else:
-            log.warning("checkpoint has RNG states of %d processes, this run has %d: reseeding", len(states),
-                        self.ctx.world_size)  # fmt: skip
-            seed_everything(self.cfg.seed + self.ctx.rank + state["step"])
-        position = Position(**state["position"])
+            # Not an exact resume: the RNGs are reseeded and the rest of the epoch is dealt to the ranks anew,
+            # so a few of its items may be seen twice or skipped.
+            log.warning(
+                "checkpoint was written by %d processes, this run has %d: resuming approximately",
+                len(states), self.ctx.world_size,
+            )  # fmt: skip
+            seed_everything(self.cfg.seed + self.ctx.rank + position.step)
+            position.batch_in_epoch = min(position.batch_in_epoch, self.steps_per_epoch - 1)
         if self.ctx.is_main:
             log.info("resumed from %s at step %d", path, position.step)
         return position
@@ -747,7 +758,7 @@ class Trainer:
         for micro in range(accum):
             batch = next(batches)
             self.tracker.update(batch)
-            inputs = _uniform_batch(batch, self.ctx)
+            inputs = _uniform_batch(batch, self.ctx, self.control_group)
             if inputs is None:
                 last_synced = False
                 continue
@@ -781,7 +792,7 @@ class Trainer:
             limit = self.cfg.val_batches or self.val_data.batches_per_epoch
             totals, used = torch.zeros(len(LOSS_FIELDS), device=self.ctx.device), 0
             for _ in range(min(limit, self.val_data.batches_per_epoch)):
-                inputs = _uniform_batch(next(batches), self.ctx)
+                inputs = _uniform_batch(next(batches), self.ctx, self.control_group)
                 if inputs is None:
                     continue
                 with self._autocast():
