@@ -9,6 +9,7 @@ Quick start::
     similarity = audio @ image.T
 """
 
+from . import audio, image
 from .classifier import ClassifierConfig, EquiAVClassifier
 from .config import EquiAVConfig, list_models
 from .errors import (
@@ -28,6 +29,8 @@ from .model import EquiAVModel, EquiAVOutput, VideoEmbedding
 __version__ = "0.1.0"
 
 __all__ = [
+    "audio",
+    "image",
     "AudioDecodeError",
     "ClassifierConfig",
     "EquiAVClassifier",
