@@ -32,12 +32,11 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import EquiAVConfig
 from .convert import check_state_dict, clean_official_state_dict, infer_config, read_checkpoint
 from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownModelError
-from .layers import PatchEmbed, init_patch_embed, init_weights, sincos_2d, transformer_blocks
+from .layers import PatchEmbed, init_patch_embed, init_weights, run_blocks, sincos_2d, transformer_blocks
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -288,12 +287,8 @@ class EquiAVClassifier(
         return x.to(device=self.device, dtype=self.dtype)
 
     def _run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
-        for block in blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        return run_blocks(blocks, x, recompute)
 
     def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
         """Final-normed audio tokens (B, N, D) of normalized filterbanks (B, T, F) or (B, C, T, F)."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -167,6 +168,13 @@ def transformer_blocks(
     )
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    """Apply the blocks in order; with ``recompute`` each block's activations are recomputed in the backward pass."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+    return x
+
+
 def init_weights(module: nn.Module) -> None:
     """The authors' initialization: xavier-uniform linear weights with zero bias, unit LayerNorms."""
     if isinstance(module, nn.Linear):
@@ -193,6 +201,7 @@ __all__ = [
     "augmentation_encoder",
     "init_patch_embed",
     "init_weights",
+    "run_blocks",
     "sincos_2d",
     "transformer_blocks",
 ]

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import EquiAVConfig
 from .errors import InvalidInputError
@@ -34,6 +33,7 @@ from .layers import (
     augmentation_encoder,
     init_patch_embed,
     init_weights,
+    run_blocks,
     sincos_2d,
     transformer_blocks,
 )
@@ -210,12 +210,8 @@ class EquiAVModel(
         return x + self.pos_embed_v + self.modality_v
 
     def _run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
-        for block in blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        return run_blocks(blocks, x, recompute)
 
     def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
         """Final-normed audio patch tokens (B, N, D); token p = f * (T / patch) + t (frequency row f, time column t)."""

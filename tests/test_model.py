@@ -203,3 +203,21 @@ def test_bfloat16_model_runs():
         low = model.encode_audio(audio)
     assert low.dtype == torch.bfloat16
     assert torch.nn.functional.cosine_similarity(low.float(), reference, dim=-1).min() > 0.99
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = EquiAVModel("equiav-tiny").train()
+    cfg = model.config
+    audio = torch.randn(2, cfg.target_length, cfg.num_mel_bins)
+    image = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        out = model(audio, image)
+        (out.inter_audio.square().sum() + out.inter_image.square().sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
