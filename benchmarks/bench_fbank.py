@@ -15,20 +15,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import load_average
+from common import cpu_name, load_average
 
 from equiav import audio
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def median_seconds(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
@@ -84,7 +73,7 @@ def main() -> None:
     clips = 0.1 * torch.randn(args.clips, samples, generator=torch.Generator().manual_seed(0))
     clips = clips.to(device)
 
-    print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, {platform.python_version()}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, {platform.python_version()}")
     print(load_average())
     print(f"torch {torch.__version__}, device {device}" + (
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
