@@ -52,9 +52,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..classifier import EquiAVClassifier, load_label_names
 from ..config import EquiAVConfig
-from ..errors import CheckpointError, ConfigError, DatasetError, EquiAVError
+from ..errors import ConfigError, DatasetError, EquiAVError
 from ..image import preprocess_image
-from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import (
     BadItem,
     BadItemTracker,
@@ -67,7 +67,8 @@ from .datasets.items import DECODE_ERRORS, randint
 from .launch import (
     DistributedContext,
     barrier,
-    rng_state,
+    checkpoint_to_resume,
+    gather_rng_states,
     seed_everything,
     set_deterministic,
     set_rng_state,
@@ -743,7 +744,7 @@ class FinetuneTrainer:
         return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
 
     def _restore_or_init(self) -> Position:
-        path = self._checkpoint_to_resume()
+        path = checkpoint_to_resume(self.cfg.resume, self.checkpoints, self.ctx)
         if path is None:
             return Position()
         state = load_checkpoint(path, map_location="cpu")
@@ -761,28 +762,9 @@ class FinetuneTrainer:
             log.info("resumed from %s at step %d", path, state["step"])
         return Position(**state["position"])
 
-    def _checkpoint_to_resume(self) -> Path | None:
-        resume = self.cfg.resume
-        if resume == "none":
-            return None
-        if resume != "auto":
-            if not Path(resume).is_file():
-                raise CheckpointError(f"option --resume: checkpoint file {resume} does not exist")
-            return Path(resume)
-        chosen = [None]
-        if self.ctx.is_main:
-            found = find_latest_checkpoint(self.checkpoints)
-            chosen = [None if found is None else str(found[0])]
-        if self.ctx.distributed:
-            dist.broadcast_object_list(chosen, src=0)
-        return None if chosen[0] is None else Path(chosen[0])
-
     def save(self) -> None:
         """Write the checkpoint of the current position (rank 0), with every rank's RNG states."""
-        states = [rng_state()]
-        if self.ctx.distributed:
-            states = [None] * self.ctx.world_size
-            dist.all_gather_object(states, rng_state())
+        states = gather_rng_states(self.ctx)
         if self.ctx.is_main:
             state = {
                 "step": self.position.step,

@@ -11,13 +11,15 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import find_latest_checkpoint
 
 
 @dataclass(frozen=True)
@@ -146,3 +148,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda_states = [s.cpu() for s in state["cuda"]]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def gather_rng_states(ctx: DistributedContext) -> list[dict[str, Any]]:
+    """The RNG states of every rank, in rank order (a collective: every rank must call it)."""
+    if not ctx.distributed:
+        return [rng_state()]
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def checkpoint_to_resume(resume: str, directory: Path, ctx: DistributedContext) -> Path | None:
+    """The checkpoint that option ``resume`` names: "none", "auto" (newest valid one in ``directory``, chosen by
+    rank 0 and broadcast so every rank loads the same file) or a path."""
+    if resume == "none":
+        return None
+    if resume != "auto":
+        if not Path(resume).is_file():
+            raise CheckpointError(f"option --resume: checkpoint file {resume} does not exist")
+        return Path(resume)
+    chosen: list[str | None] = [None]
+    if ctx.is_main:
+        found = find_latest_checkpoint(directory)
+        chosen = [None if found is None else str(found[0])]
+    if ctx.distributed:
+        dist.broadcast_object_list(chosen, src=0)
+    return None if chosen[0] is None else Path(chosen[0])

@@ -46,14 +46,15 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from ..config import EquiAVConfig
 from ..convert import load_mae_weights
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..model import EquiAVModel
-from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import BadItemTracker, DataConfig, avdigits_eval_set, build_pretrain_dataset, collate_pretrain
 from .launch import (
     DistributedContext,
     barrier,
-    rng_state,
+    checkpoint_to_resume,
+    gather_rng_states,
     seed_everything,
     set_deterministic,
     set_rng_state,
@@ -663,7 +664,7 @@ class Trainer:
 
     def _restore_or_init(self) -> Position:
         """Load the checkpoint chosen by ``resume`` into every component, or initialize a fresh run."""
-        path = self._checkpoint_to_resume()
+        path = checkpoint_to_resume(self.cfg.resume, self.checkpoints, self.ctx)
         if path is None:
             if self.cfg.mae_init:
                 loaded = load_mae_weights(self.model, self.cfg.mae_init)
@@ -691,30 +692,11 @@ class Trainer:
             log.info("resumed from %s at step %d", path, position.step)
         return position
 
-    def _checkpoint_to_resume(self) -> Path | None:
-        resume = self.cfg.resume
-        if resume == "none":
-            return None
-        if resume != "auto":
-            if not Path(resume).is_file():
-                raise CheckpointError(f"option --resume: checkpoint file {resume} does not exist")
-            return Path(resume)
-        chosen = [None]
-        if self.ctx.is_main:
-            found = find_latest_checkpoint(self.checkpoints)
-            chosen = [None if found is None else str(found[0])]
-        if self.ctx.distributed:
-            dist.broadcast_object_list(chosen, src=0)
-        return None if chosen[0] is None else Path(chosen[0])
-
     # ---------------------------------------------------------------- checkpoints
 
     def save(self) -> None:
         """Write the checkpoint of the current position (rank 0), with the RNG states of every rank."""
-        states = [rng_state()]
-        if self.ctx.distributed:
-            states = [None] * self.ctx.world_size
-            dist.all_gather_object(states, rng_state())
+        states = gather_rng_states(self.ctx)
         if self.ctx.is_main:
             state = {
                 "step": self.position.step,
