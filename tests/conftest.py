@@ -40,3 +40,12 @@ def parity(official_dir: Path) -> dict[str, torch.Tensor]:
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """The filterbank and the tiny model run fastest single-threaded on the 2-core CI machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

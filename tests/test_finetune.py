@@ -47,15 +47,6 @@ from equiav.training.schedule import WarmupCosineSchedule
 TINY = EquiAVConfig.from_preset("equiav-tiny-digits", depth=1)
 
 
-@pytest.fixture
-def one_thread():
-    """The filterbank and the tiny model run fastest single-threaded on the 2-core CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

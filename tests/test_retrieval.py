@@ -182,14 +182,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_avdigits_retrieval_command_matches_direct_computation_and_two_processes(
     shared_dir, tmp_path, one_thread
 ):
