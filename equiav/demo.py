@@ -1,7 +1,7 @@
 """``equiav demo``: hear a sound, find the matching picture, with the packaged model and demo set.
 
 The demo set ships inside the package (``equiav/demo_data``): the ten digits spoken by three synthetic voices and
-drawn in three typefaces, made by ``scripts/make_demo_data.py``. Retrieval is zero-shot and class-level: a hit is a
+written by pen in three synthetic hands, made by ``scripts/make_demo_data.py``. Retrieval is zero-shot and class-level: a hit is a
 best match showing the spoken digit. ``--audio`` / ``--image`` / ``--video`` run the same on your own files.
 """
 

@@ -34,8 +34,9 @@ from equiav.training.data import (
     frame_times,
 )
 from equiav.training.datasets.avdigits import split_images
-from equiav.training.datasets.items import pil_to_unit_tensor
+from equiav.training.datasets.items import pil_to_unit_tensor, warp_frequency
 from equiav.training.datasets.shards import audio_settings
+from equiav.training.finetune import LabelledDataset
 from equiav.training.prepare import main as prepare_main
 from equiav.video import probe_video, read_video_frames
 
@@ -229,6 +230,77 @@ def test_bad_files_become_bad_items_and_stop_the_run(manifest: Path, caplog) -> 
     lenient = BadItemTracker(max_fraction=0.8, min_items=0)
     lenient.update(batch)
     lenient.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unexpected_error_names_the_file_in_and_out_of_workers(
+    manifest: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """An exception that is not a decode error (a bug, a third-party decoder's RuntimeError) is not skipped: the
+    loader raises ``DatasetError`` naming the file being read, also when a worker process raised it."""
+    read = ManifestDataset.decode
+
+    def broken_decode(self: ManifestDataset, index: int, generator: torch.Generator):
+        if index == 1:
+            raise RuntimeError("decoder exploded")
+        return read(self, index, generator)
+
+    monkeypatch.setattr(ManifestDataset, "decode", broken_decode)
+    dataset = ManifestDataset(_config("manifest", manifest), TINY, "train")
+    path = dataset.item_path(1)
+    assert path.endswith("clip1.wav") and not isinstance(dataset[0], BadItem)
+    with pytest.raises(DatasetError, match="decoder exploded") as direct:
+        dataset[1]
+    assert str(direct.value).startswith(f"{path}: reading item 1 of the train split failed with RuntimeError")
+    assert isinstance(direct.value.__cause__, RuntimeError)
+
+    loader = DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=collate_pretrain)
+    with pytest.raises(DatasetError) as caught:
+        next(iter(loader))
+    message = str(caught.value)
+    assert f"{path}: reading item 1" in message and "RuntimeError: decoder exploded" in message
+    assert ("DataLoader worker process 0" in message) == (workers == 1)
+
+
+def test_fine_tuning_and_shard_items_name_the_file_of_an_unexpected_error(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    base = ManifestDataset(_config("manifest", manifest), TINY, "train")
+    monkeypatch.setattr(ManifestDataset, "decode", explode)
+    with pytest.raises(DatasetError, match="RuntimeError: decoder exploded") as caught:
+        LabelledDataset(base, 3, train=True)[2]
+    assert str(caught.value).startswith(f"{base.item_path(2)}: reading item 2 of the train split")
+
+    meta = {
+        "format": "equiav-shards",
+        "shards": [{"file": "s0.tar", "count": 2}],
+        "audio": audio_settings(TINY),
+    }
+    (tmp_path / "shards.json").write_text(json.dumps(meta))
+    shards = ShardDataset(_config("shards", tmp_path), TINY, "train")
+    monkeypatch.setattr(ShardDataset, "_read_item", explode)
+    with pytest.raises(
+        DatasetError, match=r"^s0\.tar#1: reading item 1 of the train split failed with Runtime"
+    ):
+        shards._item(1, "s0.tar#1", {}, 0)
+
+
+def test_frequency_warp_matches_a_per_bin_interpolation() -> None:
+    fbank = torch.randn(7, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(warp_frequency(fbank, 1.0), fbank)
+    for factor in (0.85, 1.2):
+        expected = torch.empty_like(fbank)
+        for b in range(16):
+            source = min(max(b / factor, 0.0), 15.0)
+            low = int(source)
+            high = min(low + 1, 15)
+            expected[:, b] = fbank[:, low] + (source - low) * (fbank[:, high] - fbank[:, low])
+        assert torch.allclose(warp_frequency(fbank, factor), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="audio_freq_warp"):
+        DataConfig(kind="avdigits", path="x", audio_freq_warp=1.5)
 
 
 def test_data_loader_workers_reproduce_items_across_epochs(shared_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from equiav import EquiAVModel
-from equiav.errors import CheckpointError, ConfigError
+from equiav.errors import CheckpointError, ConfigError, DatasetError
 from equiav.training.checkpoint import (
     LATEST_FILE,
     clean_temporary_files,
@@ -31,8 +32,11 @@ from equiav.training.checkpoint import (
 )
 from equiav.training.launch import rng_state, set_rng_state
 from equiav.training.pretrain import (
+    KILL_AT_STEP_ENV,
+    KILL_RANK_ENV,
     PretrainConfig,
     ShardSampler,
+    _fault_kill_step,
     build_parser,
     config_from_args,
 )
@@ -56,7 +60,8 @@ def _leaf_options(cls: type, prefix: str = "") -> list[str]:
 def _run_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("EQUIAV_FAULT_KILL_AT_STEP", None)
+    env.pop(KILL_AT_STEP_ENV, None)
+    env.pop(KILL_RANK_ENV, None)
     return env
 
 
@@ -333,6 +338,38 @@ def test_short_digits_run_learns_checkpoints_and_exports(shared_dir, tmp_path):
     assert model.config.name == "equiav-tiny-digits"
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unexpected_data_error_stops_the_run_naming_the_file(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """A data-loader worker (or the main process) that raises something other than a decode error stops
+    ``python -m equiav.training.pretrain`` with a ``DatasetError`` naming the file it was reading."""
+    from equiav.training import pretrain
+    from equiav.training.data import AVDigitsDataset, build_pretrain_dataset
+
+    output = tmp_path / "run"
+    args = _digits_args(shared_dir, output, 2, **{"--num-workers": workers}) + ["--no-zero-shot-eval"]
+    cfg, _ = config_from_args(args)
+    dataset = build_pretrain_dataset(cfg.data, cfg.model_config(), "train")
+    sampler = ShardSampler(len(dataset), batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed)
+    first = sampler.indices()[0]  # the first item the run reads
+    read = AVDigitsDataset.decode
+
+    def broken_decode(self: AVDigitsDataset, index: int, generator: torch.Generator):
+        if self.split == "train" and index == first:
+            raise KeyError("codec table")
+        return read(self, index, generator)
+
+    monkeypatch.setattr(AVDigitsDataset, "decode", broken_decode)
+    with pytest.raises(DatasetError) as caught:
+        pretrain.main(args)
+    message = str(caught.value)
+    expected = f"{dataset.item_path(first)}: reading item {first} of the train split failed with KeyError"
+    assert expected in message
+    assert ("DataLoader worker process 0" in message) == (workers == "1")
+    assert not list_checkpoints(output / "checkpoints")
+
+
 def _final_weights(output: Path) -> dict[str, torch.Tensor]:
     return load_file(output / "final" / "model.safetensors")
 
@@ -410,6 +447,58 @@ def test_torchrun_two_processes_match_one_process(shared_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-3)
     assert EquiAVModel.from_pretrained(two / "final").config.name == "equiav-tiny-digits"
     assert load_checkpoint(two / "checkpoints" / "ckpt-00000003.pt")["world_size"] == 2
+
+
+def test_fault_hook_kills_only_the_named_rank_in_the_first_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KILL_RANK_ENV, raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.delenv(KILL_AT_STEP_ENV, raising=False)
+    assert _fault_kill_step(0) is None
+    monkeypatch.setenv(KILL_AT_STEP_ENV, "5")
+    assert _fault_kill_step(0) == _fault_kill_step(1) == 5
+    monkeypatch.setenv(KILL_RANK_ENV, "1")
+    assert _fault_kill_step(0) is None and _fault_kill_step(1) == 5
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert _fault_kill_step(1) == 5
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert _fault_kill_step(1) is None
+
+
+def _torchrun(max_restarts: int) -> list[str]:
+    """torchrun with two CPU processes on a free port, restarting the worker group up to ``max_restarts`` times."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "--max-restarts", str(max_restarts), "--monitor-interval", "0.1"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_process_and_resumes_from_last_checkpoint(shared_dir, tmp_path):
+    """Rank 1 of a 2-process run dies (SIGKILL) in step 3; torchrun (--max-restarts 1) restarts the group, which
+    resumes from the step-2 checkpoint and ends with the weights of an uninterrupted 2-process run."""
+
+    def args(output: Path) -> list[str]:
+        options = {"--batch-size": "4", "--checkpoint-every-steps": "1"}
+        return _digits_args(shared_dir, output, 3, **options) + ["--deterministic", "--no-zero-shot-eval"]
+
+    straight = tmp_path / "straight"
+    result = _pretrain(args(straight), launcher=_torchrun(0))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    restarted = tmp_path / "restarted"
+    env = _run_env()
+    env.update({KILL_AT_STEP_ENV: "3", KILL_RANK_ENV: "1"})
+    # torchrun's agent keeps one shared store over restarts, so restarted processes can read the failed attempt's
+    # peer addresses and fail to connect; when rank 0 hosts a new store in each attempt the restart is reliable.
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    result = _pretrain(args(restarted), env=env, launcher=_torchrun(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "from step 0" in log and "from step 2" in log, log[-3000:]
+    assert re.search(r"resumed from \S*ckpt-00000002\.pt at step 2", log), log[-3000:]
+    assert [r["step"] for r in _metrics(restarted)] == [1, 2, 3]
+    assert [s for s, _ in list_checkpoints(restarted / "checkpoints")] == [1, 2, 3]
+    weights, reference = _final_weights(restarted), _final_weights(straight)
+    assert weights.keys() == reference.keys()
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
 
 
 def test_benchmark_flop_formula_matches_torch_flop_counter():

@@ -63,7 +63,7 @@ from .data import (
     build_pretrain_dataset,
     collate_pretrain,
 )
-from .datasets.items import DECODE_ERRORS, randint
+from .datasets.items import DECODE_ERRORS, item_failure, randint
 from .launch import (
     DistributedContext,
     barrier,
@@ -408,6 +408,14 @@ class LabelledDataset(Dataset):
         return F.one_hot(torch.tensor(label), self.num_classes).float()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | BadItem:
+        """Item ``index``, a ``BadItem`` if its file is unreadable, or ``DatasetError`` naming the file on any
+        other failure."""
+        try:
+            return self._read(index)
+        except Exception as error:
+            raise item_failure(self.base.item_path(index), index, self.base.split, error) from error
+
+    def _read(self, index: int) -> dict[str, torch.Tensor] | BadItem:
         generator = self.base.generator(index)
         try:
             decoded = self.base.decode(index, generator)

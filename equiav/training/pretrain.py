@@ -15,6 +15,11 @@ data position (epoch, micro-batches done in it). Items are a function of (seed, 
 items, and with ``deterministic`` on CPU it ends with the same weights as an uninterrupted run. (Tar shards are
 streamed; their skipped batches are read and dropped.)
 
+Restarts: under ``torchrun --max-restarts N`` a process that dies makes torchrun restart every process, and the
+restarted run resumes from the newest checkpoint (``--resume auto``, the default). Launch torchrun with
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: with the store that torchrun shares with its processes by default (torch
+2.14), a restarted process can read the addresses of the failed attempt's processes and fail to connect.
+
 Configuration: the fields of :class:`PretrainConfig`, from a JSON file (``--config``) overridden by command-line
 options; nested fields are ``--data.path``, ``--optim.lr``, ... and booleans take ``--flag`` / ``--no-flag``.
 """
@@ -88,8 +93,11 @@ LOSS_FIELDS = (
 )
 LOGGED_NAMES = ("loss", "loss_inter", "loss_intra_audio", "loss_intra_visual", "acc_inter", "acc_intra_audio",
                 "acc_intra_visual")  # fmt: skip
-# Test hook: SIGKILL this process in the middle of optimizer step N (after backward, before the update).
+# Test hook: SIGKILL this process in the middle of optimizer step N (after backward, before the update). Only the
+# rank named by EQUIAV_FAULT_KILL_RANK when it is set (else every rank), and only in torchrun's first attempt
+# (TORCHELASTIC_RESTART_COUNT unset or 0), so that a worker group restarted by --max-restarts runs on.
 KILL_AT_STEP_ENV = "EQUIAV_FAULT_KILL_AT_STEP"
+KILL_RANK_ENV = "EQUIAV_FAULT_KILL_RANK"
 
 
 # --------------------------------------------------------------------------------------------------- configuration
@@ -631,8 +639,7 @@ class Trainer:
         cpu_side = ctx.distributed and ctx.device.type == "cuda"
         self.control_group = dist.new_group(backend="gloo") if cpu_side else None
         self.forward_model = self._wrap()
-        kill_at = os.environ.get(KILL_AT_STEP_ENV)
-        self.kill_at_step = int(kill_at) if kill_at else None
+        self.kill_at_step = _fault_kill_step(ctx.rank)
 
     # ---------------------------------------------------------------- setup
 
@@ -862,6 +869,14 @@ class Trainer:
         finally:
             logger.close()
         return {"step": position.step, "train": last_train, "val": last_val, "output_dir": str(self.output)}
+
+
+def _fault_kill_step(rank: int) -> int | None:
+    """The step at which the test hook ``KILL_AT_STEP_ENV`` kills this process, or ``None``."""
+    step, only_rank = os.environ.get(KILL_AT_STEP_ENV), os.environ.get(KILL_RANK_ENV)
+    if not step or (only_rank and int(only_rank) != rank):
+        return None
+    return None if int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) else int(step)
 
 
 class _Window:

@@ -46,6 +46,9 @@ class DataConfig:
       is then the authors' 3-channel tensor (3, T, F).
     * ``roll_audio``: roll the training split's original audio circularly in time by a random number of frames in
       [-T, T) (reference 7.4); the augmented audio view starts from the rolled filterbank.
+    * ``audio_freq_warp``: training split: stretch the original filterbank's mel axis by a random factor in
+      [1 - w, 1 + w] (``warp_frequency``, after the roll), so the model meets more vocal-tract lengths than the
+      training speakers have; the augmented audio view starts from the warped filterbank. 0 (default) disables it.
     * ``num_views``: augmentation vectors per modality for the centroid (``t_audio_views``, ``t_image_views``).
     * ``seed``: seed of every random draw; an item is a function of (seed, epoch, index).
     * ``shuffle_buffer``: samples each data-loader worker holds to shuffle shards (training split only).
@@ -66,6 +69,7 @@ class DataConfig:
     min_items_before_error: int = 100
     faithful_augment: bool = False
     roll_audio: bool = True
+    audio_freq_warp: float = 0.0
     num_views: int = 16
     seed: int = 0
     shuffle_buffer: int = 500
@@ -98,6 +102,10 @@ class DataConfig:
         if not 0.0 < self.val_fraction_images < 1.0:
             raise ConfigError(
                 f"data config field 'val_fraction_images' must be in (0, 1), got {self.val_fraction_images}"
+            )
+        if not 0.0 <= self.audio_freq_warp < 1.0:
+            raise ConfigError(
+                f"data config field 'audio_freq_warp' must be in [0, 1), got {self.audio_freq_warp}"
             )
         if not self.clip_seconds > 0:
             raise ConfigError(f"data config field 'clip_seconds' must be positive, got {self.clip_seconds}")

@@ -33,7 +33,8 @@ from .config import DataConfig
 
 logger = logging.getLogger("equiav.data")
 
-# Failures that make one item unreadable; anything else is a bug and propagates.
+# Failures that make one item unreadable; anything else is a bug and propagates (map-style datasets raise it
+# again as DatasetError naming the item's file).
 DECODE_ERRORS = (AudioDecodeError, ImageDecodeError, VideoDecodeError, InvalidInputError, OSError)
 _SPLIT_STREAMS = {"train": 0, "val": 1}
 
@@ -59,6 +60,24 @@ class BadItem:
     index: int
     path: str
     reason: str
+
+
+def item_failure(where: str, index: int, split: str, error: Exception) -> DatasetError:
+    """The error for an unexpected failure (not a decode error) while reading item ``index`` from ``where``."""
+    return DatasetError(
+        f"{where}: reading item {index} of the {split} split failed with {type(error).__name__}: {error}"
+    )
+
+
+def warp_frequency(fbank: Tensor, factor: float) -> Tensor:
+    """Stretch the mel axis (-1) of ``fbank`` by ``factor`` (> 1 moves energy to higher bins), interpolating linearly
+    between bins and repeating the edge bin where the source falls outside: a cheap vocal-tract-length perturbation."""
+    bins = fbank.shape[-1]
+    source = (torch.arange(bins, dtype=torch.float32) / factor).clamp_(0, bins - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp_(max=bins - 1)
+    weight = (source - low).to(fbank.dtype)
+    return torch.lerp(fbank[..., low], fbank[..., high], weight)
 
 
 def collate_pretrain(items: list[dict[str, Tensor] | BadItem]) -> dict[str, Any]:
@@ -143,14 +162,15 @@ class ViewMaker:
     """Turns one decoded sample (filterbank + two source images) into the pretraining item.
 
     Draw order from the item generator, fixed so items are reproducible: audio roll (training split with
-    ``roll_audio``), audio augmentation, visual augmentation, ``num_views`` audio vectors, ``num_views`` visual
-    vectors.
+    ``roll_audio``), frequency warp (training split with ``audio_freq_warp`` > 0), audio augmentation, visual
+    augmentation, ``num_views`` audio vectors, ``num_views`` visual vectors.
     """
 
     def __init__(self, data: DataConfig, model: EquiAVConfig, split: str) -> None:
         self.model = model
         self.num_views = data.num_views
         self.roll = data.roll_audio and split == "train"
+        self.freq_warp = data.audio_freq_warp if split == "train" else 0.0
         self.audio = AudioAugmenter.for_config(model, faithful=data.faithful_augment)
         self.visual = VisualAugmenter.for_config(model, faithful=data.faithful_augment)
         self._mean = torch.tensor(model.image_mean, dtype=torch.float32).view(3, 1, 1)
@@ -167,6 +187,9 @@ class ViewMaker:
         if self.roll:
             length = expected[0]
             fbank = torch.roll(fbank, randint(generator, -length, length), dims=0)
+        if self.freq_warp > 0:
+            unit = float(torch.rand((), generator=generator))
+            fbank = warp_frequency(fbank, 1.0 + self.freq_warp * (2.0 * unit - 1.0))
         audio_params = self.audio.sample(generator)
         raw = pil_to_unit_tensor(aug_image)
         visual_params = self.visual.sample(generator, input_size=tuple(raw.shape[-2:]))

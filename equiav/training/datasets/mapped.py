@@ -17,7 +17,7 @@ from ...config import EquiAVConfig
 from ...image import load_image
 from ...video import probe_video, read_video_audio, read_video_frames
 from .config import DataConfig, check_split
-from .items import DECODE_ERRORS, BadItem, SharedEpoch, ViewMaker, item_generator, randint
+from .items import DECODE_ERRORS, BadItem, SharedEpoch, ViewMaker, item_failure, item_generator, randint
 from .labels import LabelSpace
 from .sources import extraction_crop, frame_times, list_videos, read_manifest
 
@@ -66,7 +66,8 @@ class PretrainDataset(Dataset, ABC):
     """Base of the map-style datasets: seeds each item, catches unreadable files, builds the views.
 
     An item is a function of (``data.seed``, epoch, index) (see ``items``); ``set_epoch`` changes the training
-    draws, also in running persistent workers. Unreadable items come back as ``BadItem``.
+    draws, also in running persistent workers. Unreadable items come back as ``BadItem``; any other failure
+    to read an item raises ``DatasetError`` naming its file.
     """
 
     label_space: LabelSpace | None = None
@@ -102,8 +103,20 @@ class PretrainDataset(Dataset, ABC):
         return item_generator(self.data.seed, epoch, index, self.split)
 
     def __getitem__(self, index: int) -> dict[str, Tensor] | BadItem:
+        """Item ``index``, or a ``BadItem`` if its file is unreadable (a decode error).
+
+        Any other exception (a bug, an unexpected error of a decoder) is raised again as ``DatasetError`` naming the
+        file, chained from the original; its message survives PyTorch's re-raise out of a data-loader worker.
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} is out of range for a dataset of {len(self)} items")
+        try:
+            return self._read(index)
+        except Exception as error:
+            raise item_failure(self.item_path(index), index, self.split, error) from error
+
+    def _read(self, index: int) -> dict[str, Tensor] | BadItem:
+        """Decode and augment item ``index``; a decode error gives a ``BadItem``, any other error propagates."""
         generator = self.generator(index)
         try:
             decoded = self.decode(index, generator)

@@ -38,7 +38,7 @@ from ...errors import DatasetError, ImageDecodeError, InvalidInputError
 from ...image import to_rgb
 from ..distributed import get_rank, get_world_size
 from .config import DataConfig, check_split
-from .items import BadItem, SharedEpoch, ViewMaker, item_generator
+from .items import BadItem, SharedEpoch, ViewMaker, item_failure, item_generator
 from .mapped import RawSample, frame_choice
 
 INDEX_FILE = "shards.json"
@@ -369,6 +369,15 @@ class ShardDataset(IterableDataset):
     def _item(
         self, index: int, where: str, members: dict[str, bytes], epoch: int
     ) -> dict[str, Tensor] | BadItem:
+        try:
+            return self._read_item(index, where, members, epoch)
+        except Exception as error:
+            raise item_failure(where, index, self.split, error) from error
+
+    def _read_item(
+        self, index: int, where: str, members: dict[str, bytes], epoch: int
+    ) -> dict[str, Tensor] | BadItem:
+        """Decode and augment one sample; a malformed member gives a ``BadItem``, any other error propagates."""
         generator = item_generator(self.data.seed, epoch, index, self.split)
         try:
             fbank = torch.from_numpy(np.load(io.BytesIO(members["fbank.npy"])).astype(np.float32))
