@@ -81,7 +81,12 @@ def smooth_path(points: list[tuple[float, float]], samples: int = 12) -> list[tu
             curve.append(
                 tuple(
                     0.5
-                    * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (3 * p1 - p0 - 3 * p2 + p3) * t**3)
+                    * (
+                        2 * p1
+                        + (p2 - p0) * t
+                        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                        + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+                    )
                 )
             )
     curve.append(tuple(padded[-2]))
@@ -95,11 +100,10 @@ def draw(digit: int, slant: float, width: float, pen: int, wobble: float, seed: 
     canvas = Image.new("L", (112, 112), 0)
     pen_draw = ImageDraw.Draw(canvas)
     for path in STROKES[digit]:
-        points = [
-            (x + wobble * rng.standard_normal(), y + wobble * rng.standard_normal()) for x, y in path
-        ]
+        points = [(x + wobble * rng.standard_normal(), y + wobble * rng.standard_normal()) for x, y in path]
         pixels = [
-            (16 + 80 * (0.5 + (x - 0.5) * width + slant * (0.5 - y)), 16 + 80 * y) for x, y in smooth_path(points)
+            (16 + 80 * (0.5 + (x - 0.5) * width + slant * (0.5 - y)), 16 + 80 * y)
+            for x, y in smooth_path(points)
         ]
         pen_draw.line(pixels, fill=255, width=pen, joint="curve")
         for x, y in (pixels[0], pixels[-1]):
