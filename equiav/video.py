@@ -67,14 +67,18 @@ def _open_video(path: str | os.PathLike) -> Iterator[Any]:
         container.close()
 
 
-def probe_video(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe a media file without decoding it.
+class VideoFile:
+    """A media file opened once (``open_video``): describe it, decode its soundtrack and pick frames, in any order,
+    without reopening it (a data loader needs all three for every item)."""
 
-    Returns ``duration`` (seconds, whole file), ``has_video``, ``width``, ``height``, ``fps``, ``num_frames`` (from
-    the header, else estimated as duration x fps), ``video_codec``, ``has_audio``, ``audio_sample_rate``,
-    ``audio_channels`` and ``audio_codec``; the fields of a missing stream are None.
-    """
-    with _open_video(path) as container:
+    def __init__(self, container: Any, path: str | os.PathLike) -> None:
+        self._container, self._path = container, path
+        self._moved = False  # whether anything was decoded yet
+        self._video: Any = None  # the video stream, set up for threaded decoding on first use
+
+    def info(self) -> dict[str, Any]:
+        """What ``probe_video`` returns, from the headers (nothing is decoded)."""
+        container = self._container
         video = container.streams.best("video")
         audio = container.streams.best("audio")
         info: dict[str, Any] = {"duration": _container_duration(container), "has_video": video is not None}
@@ -98,32 +102,59 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
         )
         return info
 
+    def audio(self, sample_rate: int = 16000, downmix: str = "first") -> torch.Tensor:
+        """The whole soundtrack, as ``read_video_audio`` returns it. Read it before any frame: once frames were
+        decoded, the soundtrack is read from a second open of the file (a seek back to the start can drop the first
+        audio samples in some containers)."""
+        _check_audio_options(sample_rate, downmix)
+        if not self._moved:
+            self._moved = True
+            return _decode_audio(self._container, self._path, sample_rate, downmix)
+        with _open_video(self._path) as container:
+            return _decode_audio(container, self._path, sample_rate, downmix)
 
-def read_video_audio(
-    path: str | os.PathLike, sample_rate: int = 16000, downmix: str = "first"
-) -> torch.Tensor:
-    """Decode the soundtrack of a video (or any media file) to a mono float32 waveform at ``sample_rate``.
+    def frames(
+        self, times: Sequence[float] | None = None, num_frames: int = 1, position: str = "middle"
+    ) -> list[Image.Image]:
+        """RGB frames, chosen as ``read_video_frames`` chooses them."""
+        _check_frame_options(num_frames, position)
+        container, path = self._container, self._path
+        if self._video is None:
+            self._video = _video_stream(container, path)
+        stream = self._video
+        start, end = _video_span(container, stream)
+        if times is None:
+            targets = _segment_times(
+                start, end, _frame_rate(stream), stream.frames, num_frames, position, path
+            )
+        else:
+            # A player keeps showing the last frame until the file ends, which may be after the video stream does.
+            file_end = max(end, _container_start(container) + (_container_duration(container) or 0.0))
+            targets = _checked_times(times, start, file_end, path)
+        self._moved = (
+            True  # every frame search starts with a seek, so it does not matter where decoding stopped
+        )
+        return _frames_at(container, stream, targets, (start, end), path)
 
-    Resampling uses FFmpeg's resampler, as ``ffmpeg -ar`` does. ``downmix="first"`` keeps the first channel, which is
-    what CAV-MAE's extraction (and so EquiAV's training data) used; ``"mean"`` averages the channels. The waveform
-    starts at the first decoded sample (a late-starting audio stream is not padded). Raises ``VideoDecodeError`` when
-    the file has no audio stream or no decodable audio.
-    """
-    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
-        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-    if downmix not in DOWNMIX_MODES:
-        raise InvalidInputError(f"downmix must be one of {DOWNMIX_MODES}, got {downmix!r}")
-    av = _import_av()
+
+@contextmanager
+def open_video(path: str | os.PathLike) -> Iterator[VideoFile]:
+    """Open a media file once for several reads; FFmpeg failures become ``VideoDecodeError`` naming it."""
     with _open_video(path) as container:
-        stream = container.streams.best("audio")
-        if stream is None:
-            raise VideoDecodeError(f"video {path} has no audio stream")
-        declared = stream.duration * float(stream.time_base) if stream.duration else None
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        chunks = []
-        for frame in container.decode(stream):
-            chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(frame))
-        chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(None))
+        yield VideoFile(container, path)
+
+
+def _decode_audio(container: Any, path: str | os.PathLike, sample_rate: int, downmix: str) -> torch.Tensor:
+    av = _import_av()
+    stream = container.streams.best("audio")
+    if stream is None:
+        raise VideoDecodeError(f"video {path} has no audio stream")
+    declared = stream.duration * float(stream.time_base) if stream.duration else None
+    resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+    chunks = []
+    for frame in container.decode(stream):
+        chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(frame))
+    chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(None))
     if not chunks:
         raise VideoDecodeError(f"video {path}: its audio stream holds no decodable samples")
     channels = np.concatenate(chunks, axis=1)
@@ -135,6 +166,46 @@ def read_video_audio(
         )
     mono = channels[0] if downmix == "first" else channels.mean(axis=0)
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+
+
+def _check_audio_options(sample_rate: int, downmix: str) -> None:
+    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if downmix not in DOWNMIX_MODES:
+        raise InvalidInputError(f"downmix must be one of {DOWNMIX_MODES}, got {downmix!r}")
+
+
+def _check_frame_options(num_frames: int, position: str) -> None:
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise InvalidInputError(f"num_frames must be a positive integer, got {num_frames!r}")
+    if position not in FRAME_POSITIONS:
+        raise InvalidInputError(f"position must be one of {FRAME_POSITIONS}, got {position!r}")
+
+
+def probe_video(path: str | os.PathLike) -> dict[str, Any]:
+    """Describe a media file without decoding it.
+
+    Returns ``duration`` (seconds, whole file), ``has_video``, ``width``, ``height``, ``fps``, ``num_frames`` (from
+    the header, else estimated as duration x fps), ``video_codec``, ``has_audio``, ``audio_sample_rate``,
+    ``audio_channels`` and ``audio_codec``; the fields of a missing stream are None.
+    """
+    with open_video(path) as video:
+        return video.info()
+
+
+def read_video_audio(
+    path: str | os.PathLike, sample_rate: int = 16000, downmix: str = "first"
+) -> torch.Tensor:
+    """Decode the soundtrack of a video (or any media file) to a mono float32 waveform at ``sample_rate``.
+
+    Resampling uses FFmpeg's resampler, as ``ffmpeg -ar`` does. ``downmix="first"`` keeps the first channel, which is
+    what CAV-MAE's extraction (and so EquiAV's training data) used; ``"mean"`` averages the channels. The waveform
+    starts at the first decoded sample (a late-starting audio stream is not padded). Raises ``VideoDecodeError`` when
+    the file has no audio stream or no decodable audio.
+    """
+    _check_audio_options(sample_rate, downmix)
+    with open_video(path) as video:
+        return video.audio(sample_rate, downmix)
 
 
 def read_video_frames(
@@ -154,22 +225,9 @@ def read_video_frames(
       ``N = min(frame count, int(fps * 10))`` frames, frame ``i`` is frame number ``int(i * N / num_frames) - 1``
       (the first frame for ``i = 0``). With ``num_frames=10``, index 5 is the frame EquiAV evaluates on.
     """
-    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
-        raise InvalidInputError(f"num_frames must be a positive integer, got {num_frames!r}")
-    if position not in FRAME_POSITIONS:
-        raise InvalidInputError(f"position must be one of {FRAME_POSITIONS}, got {position!r}")
-    with _open_video(path) as container:
-        stream = _video_stream(container, path)
-        start, end = _video_span(container, stream)
-        if times is None:
-            targets = _segment_times(
-                start, end, _frame_rate(stream), stream.frames, num_frames, position, path
-            )
-        else:
-            # A player keeps showing the last frame until the file ends, which may be after the video stream does.
-            file_end = max(end, _container_start(container) + (_container_duration(container) or 0.0))
-            targets = _checked_times(times, start, file_end, path)
-        return _frames_at(container, stream, targets, (start, end), path)
+    _check_frame_options(num_frames, position)
+    with open_video(path) as video:
+        return video.frames(times, num_frames, position)
 
 
 def read_video_frame_at(path: str | os.PathLike, time: float) -> Image.Image:

@@ -12,7 +12,7 @@ import pytest
 import scipy.signal
 
 from equiav.errors import InvalidInputError, VideoDecodeError
-from equiav.video import probe_video, read_video_audio, read_video_frame_at, read_video_frames
+from equiav.video import open_video, probe_video, read_video_audio, read_video_frame_at, read_video_frames
 
 av = pytest.importorskip("av")
 
@@ -119,6 +119,23 @@ def test_audio_matches_brute_force_decode(av_dir: Path, name: str) -> None:
         n = min(len(expected), len(waveform))
         relative = np.linalg.norm(waveform[:n] - expected[:n]) / np.linalg.norm(expected[:n])
         assert relative < 0.02
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_one_open_reads_what_the_separate_readers_read_in_any_order(av_dir: Path, name: str) -> None:
+    """``open_video`` serves the header, frames and the soundtrack from one open, whichever is read first."""
+    path = av_dir / name
+    audio, info = read_video_audio(path), probe_video(path)
+    times = [0.4, info["duration"] / 2]
+    frames = read_video_frames(path, times=times)
+    with open_video(path) as video:
+        assert video.info() == info
+        first = video.frames(times=times)
+        assert np.array_equal(video.audio().numpy(), audio.numpy())
+        again = video.frames(times=times[::-1])
+        assert np.array_equal(video.audio().numpy(), audio.numpy())
+    for got in (first, again[::-1]):
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, frames))
 
 
 def test_audio_downmix_and_rate(av_dir: Path) -> None:

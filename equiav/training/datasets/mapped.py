@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ...audio import load_fbank, waveform_to_fbank
 from ...config import EquiAVConfig
 from ...image import load_image
-from ...video import probe_video, read_video_audio, read_video_frames
+from ...video import open_video
 from .config import DataConfig, check_split
 from .items import DECODE_ERRORS, BadItem, SharedEpoch, ViewMaker, item_failure, item_generator, randint
 from .labels import LabelSpace
@@ -197,30 +197,29 @@ class VideoDataset(PretrainDataset):
     def item_path(self, index: int) -> str:
         return str(self.entries[index].path)
 
-    def _fbank(self, index: int) -> Tensor:
+    def _clip(self, index: int, positions: list[int]) -> tuple[Tensor, list[Image.Image]]:
+        """The filterbank and the frames at ``positions`` (of the ``frame_count`` CAV-MAE positions), from one open
+        of the file."""
         path = self.entries[index].path
-        waveform = read_video_audio(path, self.model.sample_rate)
-        return waveform_to_fbank(waveform, self.model.sample_rate, self.model, source=str(path))
-
-    def _frames(self, index: int, positions: list[int]) -> list[Image.Image]:
-        path = self.entries[index].path
-        times = frame_times(probe_video(path), self.data.frame_count, self.data.clip_seconds)
-        frames = read_video_frames(path, times=[times[k] for k in positions])
-        return [extraction_crop(frame, self.data.frame_size) for frame in frames]
+        with open_video(path) as video:
+            waveform = video.audio(self.model.sample_rate)
+            times = frame_times(video.info(), self.data.frame_count, self.data.clip_seconds)
+            frames = video.frames(times=[times[k] for k in positions])
+        fbank = waveform_to_fbank(waveform, self.model.sample_rate, self.model, source=str(path))
+        return fbank, [extraction_crop(frame, self.data.frame_size) for frame in frames]
 
     def decode(self, index: int, generator: torch.Generator) -> Decoded:
         first, second = frame_choice(self.data, self.split, self.data.frame_count, generator)
-        fbank = self._fbank(index)
-        image, aug_image = self._frames(index, [first, second])
+        fbank, (image, aug_image) = self._clip(index, [first, second])
         entry = self.entries[index]
         return Decoded(fbank, image, aug_image, self.label_tensors(entry.labels, str(entry.path)))
 
     def raw_sample(self, index: int) -> RawSample:
         entry = self.entries[index]
-        frames = self._frames(index, list(range(self.data.frame_count)))
+        fbank, frames = self._clip(index, list(range(self.data.frame_count)))
         meta = {
             "id": entry.video_id,
             "source": str(entry.path),
             **self.label_meta(entry.labels, str(entry.path)),
         }
-        return RawSample(self._fbank(index), [("jpg", encode_image(f)) for f in frames], meta)
+        return RawSample(fbank, [("jpg", encode_image(f)) for f in frames], meta)
