@@ -131,9 +131,7 @@ class VideoFile:
             # A player keeps showing the last frame until the file ends, which may be after the video stream does.
             file_end = max(end, _container_start(container) + (_container_duration(container) or 0.0))
             targets = _checked_times(times, start, file_end, path)
-        self._moved = (
-            True  # every frame search starts with a seek, so it does not matter where decoding stopped
-        )
+        self._moved = True
         return _frames_at(container, stream, targets, (start, end), path)
 
 
