@@ -17,6 +17,8 @@ from typing import Any
 
 from .errors import ConfigError, UnknownModelError
 
+AUDIO_NORMALIZATIONS = ("dataset", "utterance")
+
 
 @dataclass
 class EquiAVConfig:
@@ -60,6 +62,9 @@ class EquiAVConfig:
     frame_length_ms: float = 25.0
     audio_mean: float = -4.346
     audio_std: float = 4.332
+    # "dataset": (fbank - audio_mean) / audio_std, the authors' input. "utterance": each clip's own frames are
+    # shifted and scaled to mean 0 and standard deviation 0.5, so the input does not depend on recording level.
+    audio_normalization: str = "dataset"
 
     # Image front-end.
     image_size: int = 224
@@ -123,6 +128,11 @@ class EquiAVConfig:
             raise ConfigError(
                 f"config fields 'name' and 'extra' must be a string and a JSON object, got {self.name!r} and "
                 f"{type(self.extra).__name__}"
+            )
+        if self.audio_normalization not in AUDIO_NORMALIZATIONS:
+            raise ConfigError(
+                f"config field 'audio_normalization' must be one of {', '.join(AUDIO_NORMALIZATIONS)}, "
+                f"got {self.audio_normalization!r}"
             )
         if self.image_interpolation not in ("bicubic", "bilinear", "nearest"):
             raise ConfigError(

@@ -28,6 +28,11 @@ FINETUNE_HEAD = "mlp_head."
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file (safetensors or a weights-only pickle), with wrapper nesting removed."""
+    return read_checkpoint_and_config(path)[0]
+
+
+def read_checkpoint_and_config(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``read_checkpoint``, and the ``model_config`` that equiav's trainer stores beside the weights (else None)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -35,7 +40,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path)), None
         except Exception as error:
             raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     try:
@@ -45,6 +50,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: cannot be read as a weights-only checkpoint ({type(error).__name__}: {error}). "
             "equiav never unpickles arbitrary objects; convert the file to safetensors or a plain state dict."
         ) from error
+    stored = data.get("model_config") if isinstance(data, dict) else None
     for _ in range(3):
         if isinstance(data, dict):
             nested = [k for k in NESTED_KEYS if k in data and isinstance(data[k], dict)]
@@ -57,7 +63,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: the checkpoint contains no tensors")
-    return tensors
+    return tensors, stored if isinstance(stored, dict) else None
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from .convert import (
     clean_official_state_dict,
     infer_config,
     is_finetune_state_dict,
-    read_checkpoint,
+    read_checkpoint_and_config,
 )
 from .errors import CheckpointError, ConfigError, UnknownModelError
 
@@ -119,11 +119,14 @@ def load_official_checkpoint(
 ):
     """Build a model from a checkpoint written by the authors' pretraining (or, with ``backbone_only``, fine-tuning) code.
 
+    A checkpoint of equiav's own trainer (``ckpt-*.pt``) also works: the model config stored in it is used when
+    ``config`` is not given, so its preprocessing settings (mel bins, normalization, ...) come back too.
+
     The ``__M__.`` / ``module.`` prefixes are stripped and the never-used per-block LayerNorms are ignored. With
     ``strict`` every remaining tensor must match the model exactly. ``backbone_only`` loads the two towers and their
     final norms only (what a fine-tuning checkpoint holds) and leaves the rest as initialized.
     """
-    raw = read_checkpoint(path)
+    raw, stored_config = read_checkpoint_and_config(path)
     state = clean_official_state_dict(raw)
     if is_finetune_state_dict(state) and not backbone_only:
         raise CheckpointError(
@@ -131,6 +134,8 @@ def load_official_checkpoint(
             "load it with equiav.EquiAVClassifier.from_pretrained, or pass backbone_only=True for the towers"
         )
     base = _config_for(config)
+    if base is None and stored_config is not None:
+        base = EquiAVConfig.from_dict(stored_config)
     config = infer_config(state, base=base, **overrides)
     model = cls(config)
     if backbone_only:

@@ -87,6 +87,22 @@ def test_kaldi_fbank_row_blocking_does_not_change_results(monkeypatch, block_row
     torch.testing.assert_close(kaldi_fbank(clips, 16000), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("num_mel_bins", "fft_size", "sample_rate"),
+    [(128, 512, 16000.0), (128, 256, 8000.0), (32, 512, 16000.0), (23, 512, 22050.0)],
+)
+def test_mel_bands_hold_every_weight_of_the_dense_bank(num_mel_bins, fft_size, sample_rate):
+    """The banded mel product adds exactly the non-zero weights of the dense bank, each once."""
+    args = (num_mel_bins, fft_size, sample_rate, 20.0, 0.0, torch.device("cpu"), torch.float32)
+    bank = audio._mel_bank(*args)
+    rebuilt = torch.zeros_like(bank)
+    for low, high, first, end, weights in audio._mel_bands(*args):
+        assert rebuilt[low:high, first:end].abs().sum() == 0
+        rebuilt[low:high, first:end] = weights
+    assert torch.equal(rebuilt, bank)
+    assert sum(w.numel() for *_, w in audio._mel_bands(*args)) < bank.numel() / 3
+
+
 def _brute_force_fbank(
     x: np.ndarray,
     sr: int,
@@ -420,6 +436,36 @@ def test_waveform_to_fbank_sliding_windows_cover_the_clip(tiny_config):
         windows[2, 42:], torch.full((86, 128), -tiny_config.audio_mean / tiny_config.audio_std)
     )
     torch.testing.assert_close(windows[0], waveform_to_fbank(x, 16000, tiny_config))
+
+
+def test_utterance_normalization_standardizes_each_clip_and_ignores_gain(tiny_config):
+    # 32 mel bins: every filter spans an FFT bin, so no value sits on the log floor, which a gain does not move.
+    tiny_config = tiny_config.replace(num_mel_bins=32)
+    config = tiny_config.replace(audio_normalization="utterance")
+    x = _noise(8000, seed=9)  # 48 frames, padded to 128
+    out = waveform_to_fbank(x, 16000, config)
+    frames = kaldi_fbank(x - x.mean(), 16000, num_mel_bins=32).double()
+    expected = (frames - frames.mean()) / (2 * frames.std(correction=0))
+    torch.testing.assert_close(out[:48].double(), expected, rtol=0, atol=1e-4)
+    assert float(out[:48].mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(out[:48].std(correction=0)) == pytest.approx(0.5, abs=1e-4)
+    assert torch.equal(out[48:], torch.zeros(80, 32))
+    # A gain adds a constant to every log-mel value: the "dataset" input moves, the "utterance" one does not.
+    moved = waveform_to_fbank(10 * x, 16000, tiny_config) - waveform_to_fbank(x, 16000, tiny_config)
+    assert moved[:48].min() > 1  # log(100) / audio_std
+    torch.testing.assert_close(waveform_to_fbank(10 * x, 16000, config), out, rtol=0, atol=1e-4)
+    silent = waveform_to_fbank(torch.zeros(8000), 16000, config)
+    assert torch.equal(silent, torch.zeros_like(silent))
+
+
+def test_utterance_normalization_of_sliding_windows_uses_the_whole_clip(tiny_config):
+    config = tiny_config.replace(audio_normalization="utterance")
+    x = _noise(48000, seed=10) * torch.linspace(0.1, 1.0, 48000)
+    windows = waveform_to_fbank(x, 16000, config, windows="sliding")
+    frames = kaldi_fbank(x - x.mean(), 16000).double()
+    expected = (frames - frames.mean()) / (2 * frames.std(correction=0))
+    torch.testing.assert_close(windows.reshape(-1, 128)[:298].double(), expected, rtol=0, atol=1e-4)
+    assert torch.equal(windows[2, 42:], torch.zeros(86, 128))
 
 
 def test_waveform_to_fbank_resamples_and_mixes_down_first(tiny_config):

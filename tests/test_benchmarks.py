@@ -19,6 +19,7 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
+import bench_fbank  # noqa: E402
 import bench_inference  # noqa: E402
 import common  # noqa: E402
 import run_all  # noqa: E402
@@ -114,3 +115,17 @@ def test_benchmark_script_runs_quick(tmp_path, name):
         results = json.loads((tmp_path / "dataloading.json").read_text())["results"]
         assert results["manifest"]["slowest_stage"] in results["manifest"]["stages_s"]
         assert all(rate > 0 for rate in results["manifest"]["loader_examples_per_s"].values())
+
+
+@pytest.mark.parametrize("case", ["chirp_10s", "noise_3s", "short_0p42s"])
+def test_authors_fbank_path_gives_torchaudios_values(shared_dir, case):
+    """The filterbank baseline computes what torchaudio's ``kaldi.fbank`` computes for the authors."""
+    from safetensors.torch import load_file
+
+    fixture = load_file(shared_dir / "fixtures" / "fbank" / "torchaudio_kaldi_fbank.safetensors")
+    waveform = fixture[f"{case}.waveform"]
+    expected = fixture[f"{case}.fbank"]
+    got = bench_fbank.authors_fbank(waveform - waveform.mean(), int(fixture[f"{case}.sample_rate"]))
+    assert got.shape == expected.shape
+    loud = expected >= expected.max(dim=-1, keepdim=True).values - 8 * np.log(10)
+    assert (got - expected)[loud].abs().max() <= 1e-3

@@ -40,6 +40,8 @@ def test_bad_configs_name_the_field(tmp_path):
         EquiAVConfig(embed_dim=100, num_heads=12)
     with pytest.raises(ConfigError, match="depth"):
         EquiAVConfig(depth=0)
+    with pytest.raises(ConfigError, match="audio_normalization.*dataset, utterance.*'per-clip'"):
+        EquiAVConfig(audio_normalization="per-clip")
     broken = tmp_path / "config.json"
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match=str(broken)):

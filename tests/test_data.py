@@ -449,6 +449,15 @@ def test_shards_round_trip_with_equal_counts_per_rank(tmp_path: Path, label_csv:
     assert len(subset) == 4 and len(list(subset)) == 4
     with pytest.raises(DatasetError, match="target_length"):
         ShardDataset(config, EquiAVConfig.from_preset("equiav-test"), "train")
+    with pytest.raises(
+        DatasetError, match="audio_normalization dataset \\(shards\\) vs utterance \\(model\\)"
+    ):
+        ShardDataset(config, TINY.replace(audio_normalization="utterance"), "train")
+    index_file = out / "shards.json"
+    index = json.loads(index_file.read_text())
+    del index["audio"]["audio_normalization"]  # an index written before the field existed
+    index_file.write_text(json.dumps(index))
+    assert len(ShardDataset(config, TINY, "train")) == 5
 
 
 def test_shard_plan_covers_each_sample_once(tmp_path: Path) -> None:

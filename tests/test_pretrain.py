@@ -336,6 +336,9 @@ def test_short_digits_run_learns_checkpoints_and_exports(shared_dir, tmp_path):
     assert exported.keys() == state["model"].keys()
     assert all(torch.equal(exported[k], state["model"][k]) for k in exported)
     assert model.config.name == "equiav-tiny-digits"
+    from_checkpoint = EquiAVModel.from_pretrained(output / "checkpoints" / "ckpt-00000030.pt")
+    assert from_checkpoint.config == model.config  # the stored model config, preprocessing included
+    assert all(torch.equal(from_checkpoint.state_dict()[k], exported[k]) for k in exported)
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

@@ -590,6 +590,7 @@ def main_metric(multi_label: bool) -> str:
 PREPROCESSING_FIELDS = (
     "audio_mean",
     "audio_std",
+    "audio_normalization",
     "image_mean",
     "image_std",
     "image_interpolation",

@@ -46,7 +46,10 @@ FORMAT = "equiav-shards"
 VERSION = 1
 AUDIO_FIELDS = (
     "sample_rate", "num_mel_bins", "target_length", "frame_shift_ms", "frame_length_ms", "audio_mean", "audio_std",
+    "audio_normalization",
 )  # fmt: skip
+# Values of audio fields added after version 1 shards were first written; older indexes were written with these.
+_AUDIO_FIELD_DEFAULTS = {"audio_normalization": "dataset"}
 _FRAME_NAME = re.compile(r"^frame_(\d+)\.(jpg|jpeg|png)$")
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # Errors of a corrupt member (npy, json, image bytes): the sample becomes a BadItem.
@@ -262,7 +265,7 @@ class ShardDataset(IterableDataset):
         check_split(split)
         self.data, self.model, self.split = data, model, split
         self.index = ShardIndex.load(data.path_for(split))
-        stored = self.index.meta.get("audio", {})
+        stored = {**_AUDIO_FIELD_DEFAULTS, **self.index.meta.get("audio", {})}
         expected = audio_settings(model)
         different = {
             name: (stored.get(name), value) for name, value in expected.items() if stored.get(name) != value
