@@ -10,7 +10,9 @@ Variants, timed round-robin on the same clips:
   steps of torchaudio 2.11 re-implemented in plain torch below, since torchaudio's extension only loads beside its
   own torch release): strided frames, a log-energy column, replicate-padded pre-emphasis, window, zero-padding,
   ``rfft(...).abs().pow(2)``, a mel bank rebuilt on every call and a dense product;
-- ``torchaudio per-clip``: torchaudio itself, when it imports.
+- ``torchaudio per-clip``: torchaudio itself, when it imports;
+- ``batched at REV`` (with ``--before REV``): the batched call of ``equiav`` as it was at git revision REV, for the
+  before/after ratio of a change.
 
 Every variant's output is checked against the batched one (max abs difference of the log-mel values, limit 1e-3)
 before timing. The script prints the machine, the settings, the median times and the ratios.
@@ -19,6 +21,7 @@ before timing. The script prints the machine, the settings, the median times and
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from collections.abc import Callable
 
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from common import (
     add_common_arguments,
     apply_threads,
+    package_at_revision,
     print_header,
     ratio_line,
     synchronizer,
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--block-rows", type=int, default=None, help="override the CPU row-block size (tuning)"
     )
+    parser.add_argument("--before", metavar="REV", default=None, help="also time equiav at this git revision")
     add_common_arguments(parser, repeats=7, warmup=2)
     args = parser.parse_args()
     apply_threads(args.threads)
@@ -128,6 +133,9 @@ def main() -> None:
         "per-clip loop": lambda: [audio.kaldi_fbank(clip, args.sample_rate) for clip in clips],
         "authors' per-clip path": lambda: [authors_fbank(clip, args.sample_rate) for clip in clips],
     }
+    if args.before:
+        before = importlib.import_module(package_at_revision(args.before).__name__ + ".audio")
+        variants[f"batched at {args.before}"] = lambda: before.kaldi_fbank(clips, args.sample_rate)
     reference = torchaudio_fbank()
     if reference is None:
         print("torchaudio: not importable, skipped")
@@ -147,9 +155,13 @@ def main() -> None:
     for name, timing in timings.items():
         print(f"{name:>24}: {timing.describe(args.clips, 'clips')}")
     for name, timing in timings.items():
-        if name != "batched":
-            goal = 2.0 if name == "per-clip loop" else None
-            print(ratio_line(f"batched over {name}", timing, timings["batched"], goal))
+        if name == "batched":
+            continue
+        goal = 2.0 if name == "per-clip loop" else None
+        what = (
+            f"after over before ({args.before})" if name.startswith("batched at") else f"batched over {name}"
+        )
+        print(ratio_line(what, timing, timings["batched"], goal))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,22 @@ and their ratio stays meaningful.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import io
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -32,6 +39,30 @@ def use_repository_package() -> None:
     root = str(REPO_ROOT)
     if root not in sys.path:
         sys.path.insert(0, root)
+
+
+def package_at_revision(revision: str, name: str = "equiav_before") -> ModuleType:
+    """``equiav`` as it was at git ``revision`` of this checkout, imported as the package ``name``.
+
+    For before/after ratios measured in one process: the revision's ``equiav/`` folder is extracted with ``git
+    archive`` into a temporary folder and imported under another name (its relative imports resolve inside it).
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    target = Path(tempfile.mkdtemp(prefix="equiav-before-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", revision, "equiav"], capture_output=True
+    )
+    if archive.returncode:
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    init = target / "equiav" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -199,9 +199,10 @@ def kaldi_fbank(
 
 
 # Rows (frames) processed together on the CPU. Whole-batch intermediates (65 MB per stage for 32 ten-second clips)
-# fall out of the cache: on 2 Xeon cores the whole batch at once took 98 ms, blocks of 2048 rows 33 ms, while the FFT
-# and the mel matmul still get long batches. On accelerators the whole batch goes at once.
-_CPU_BLOCK_ROWS = 2048
+# fall out of the cache. On one AVX-512 core, 32 ten-second clips took 46.9 ms in blocks of 1,024 rows, 48.3 ms in
+# blocks of 2,048, 48.1 ms of 512 and 57.6 ms of 256 (``benchmarks/bench_fbank.py --block-rows``). On accelerators
+# the whole batch goes at once.
+_CPU_BLOCK_ROWS = 1024
 
 
 def _row_blocks(num_clips: int, num_frames: int, block_rows: int) -> list[tuple[int, int, int, int]]:

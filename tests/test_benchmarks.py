@@ -129,3 +129,19 @@ def test_authors_fbank_path_gives_torchaudios_values(shared_dir, case):
     assert got.shape == expected.shape
     loud = expected >= expected.max(dim=-1, keepdim=True).values - 8 * np.log(10)
     assert (got - expected)[loud].abs().max() <= 1e-3
+
+
+def test_package_at_revision_is_a_separate_importable_copy():
+    """Before/after ratios import the package of a git revision beside the working one."""
+    import importlib
+
+    import equiav
+
+    before = common.package_at_revision("HEAD", name="equiav_at_head_for_test")
+    audio_before = importlib.import_module("equiav_at_head_for_test.audio")
+    assert before is not equiav and audio_before.kaldi_fbank is not equiav.audio.kaldi_fbank
+    assert audio_before.__file__ != equiav.audio.__file__
+    clip = 0.1 * torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(audio_before.kaldi_fbank(clip, 16000), equiav.audio.kaldi_fbank(clip, 16000))
+    with pytest.raises(SystemExit, match="no-such-revision"):
+        common.package_at_revision("no-such-revision", name="equiav_missing_for_test")
