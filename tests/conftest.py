@@ -36,6 +36,14 @@ def parity(official_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(official_dir / "parity.safetensors")
 
 
+@pytest.fixture(scope="session")
+def fbank_fixture(shared_dir: Path) -> dict[str, torch.Tensor]:
+    """torchaudio's Kaldi filterbanks of the reference waveforms (``fixtures/fbank``)."""
+    from safetensors.torch import load_file
+
+    return load_file(shared_dir / "fixtures" / "fbank" / "torchaudio_kaldi_fbank.safetensors")
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

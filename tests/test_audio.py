@@ -22,13 +22,6 @@ FBANK_CASES = ["chirp_10s", "fsdd_7_jackson_0_8k", "noise_3s", "short_0p42s", "t
 
 
 @pytest.fixture(scope="module")
-def fbank_fixture(shared_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(shared_dir / "fixtures" / "fbank" / "torchaudio_kaldi_fbank.safetensors")
-
-
-@pytest.fixture(scope="module")
 def fsdd_file(shared_dir: Path) -> Path:
     return shared_dir / "data" / "fsdd" / "recordings" / "7_jackson_0.wav"
 

@@ -118,11 +118,9 @@ def test_benchmark_script_runs_quick(tmp_path, name):
 
 
 @pytest.mark.parametrize("case", ["chirp_10s", "noise_3s", "short_0p42s"])
-def test_authors_fbank_path_gives_torchaudios_values(shared_dir, case):
+def test_authors_fbank_path_gives_torchaudios_values(fbank_fixture, case):
     """The filterbank baseline computes what torchaudio's ``kaldi.fbank`` computes for the authors."""
-    from safetensors.torch import load_file
-
-    fixture = load_file(shared_dir / "fixtures" / "fbank" / "torchaudio_kaldi_fbank.safetensors")
+    fixture = fbank_fixture
     waveform = fixture[f"{case}.waveform"]
     expected = fixture[f"{case}.fbank"]
     got = bench_fbank.authors_fbank(waveform - waveform.mean(), int(fixture[f"{case}.sample_rate"]))
