@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import all_finite
 from .config import EquiAVConfig
 from .errors import AudioDecodeError, InvalidInputError
 
@@ -401,8 +402,7 @@ def _to_float(x: Tensor, source: str) -> Tensor:
         return (x.to(torch.float32) - offset).div_(scale)
     if x.is_floating_point():
         x = x.to(torch.float32)
-        # min and max are NaN if any sample is NaN (aminmax propagates it), +-inf if any is; no per-sample temporary.
-        if not torch.isfinite(torch.stack(torch.aminmax(x))).all():
+        if not all_finite(x):
             raise InvalidInputError(f"{source}: waveform contains NaN or infinite samples")
         return x
     raise InvalidInputError(

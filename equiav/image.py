@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .checks import all_finite
 from .config import EquiAVConfig
 from .errors import ImageDecodeError, InvalidInputError
 
@@ -278,7 +279,7 @@ def _dtype_message(shape: tuple[int, ...], dtype: object) -> str:
 def _checked_float(values: torch.Tensor) -> torch.Tensor:
     """float32 copy of a float image after checking it is finite and within [0, 1]."""
     values = values.to(torch.float32)
-    if not bool(torch.isfinite(values).all()):
+    if not all_finite(values):
         raise InvalidInputError(f"float image of shape {tuple(values.shape)} contains NaN or infinite values")
     low, high = float(values.min()), float(values.max())
     if low < -_FLOAT_TOLERANCE or high > 1 + _FLOAT_TOLERANCE:

@@ -41,7 +41,14 @@ def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection (B, C, H, W) -> (B, H/p * W/p, D), tokens in row-major order."""
+    """Non-overlapping patch projection (B, C, H, W) -> (B, H/p * W/p, D), tokens in row-major order.
+
+    The weights are a ``Conv2d`` (checkpoint keys ``proj.weight`` / ``proj.bias``), but the projection runs as one
+    matrix product over the flattened patches, which is the same computation: a stride-p, size-p convolution sees
+    each patch once. The matrix product is what every backend does fastest; oneDNN's bf16 convolution on CPUs with
+    AMX took 70 % of a bf16 forward pass at batch 1. Rows and columns past the last whole patch are dropped, as the
+    convolution drops them.
+    """
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
@@ -49,17 +56,24 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self._project(x, self.proj.weight)
 
     def forward_single_channel(self, x: torch.Tensor) -> torch.Tensor:
-        """Same result as ``forward(x.expand(B, C, H, W))`` for (B, 1, H, W) input, at 1/C of the convolution cost.
+        """Same result as ``forward(x.expand(B, C, H, W))`` for (B, 1, H, W) input, at 1/C of the projection cost.
 
         Audio enters as C identical copies of the filterbank; summing the kernel over its input channels once is
         equivalent and avoids materializing the copies.
         """
-        weight = self.proj.weight.sum(dim=1, keepdim=True)
-        out = F.conv2d(x, weight, self.proj.bias, stride=self.patch_size)
-        return out.flatten(2).transpose(1, 2)
+        return self._project(x, self.proj.weight.sum(dim=1, keepdim=True))
+
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        p = self.patch_size
+        rows, cols = height // p, width // p
+        x = x[:, :, : rows * p, : cols * p]
+        patches = x.reshape(batch, channels, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(batch, rows * cols, channels * p * p)
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.proj.bias)
 
 
 class QuickGELU(nn.Module):

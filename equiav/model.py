@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from .checks import all_finite
 from .config import EquiAVConfig
 from .errors import InvalidInputError
 from .layers import (
@@ -178,7 +179,7 @@ class EquiAVModel(
         )
         if not (ok_3d or ok_4d):
             raise InvalidInputError(f"audio must have shape {expected}, got {tuple(audio.shape)}")
-        if not torch.isfinite(audio).all():
+        if not all_finite(audio):
             raise InvalidInputError("audio filterbank contains NaN or infinite values")
         return audio.to(device=self.device, dtype=self.dtype)
 
@@ -193,7 +194,7 @@ class EquiAVModel(
             )
         if image.dim() != 4 or tuple(image.shape[1:]) != (cfg.in_chans, cfg.image_size, cfg.image_size):
             raise InvalidInputError(f"image must have shape {expected}, got {tuple(image.shape)}")
-        if not torch.isfinite(image).all():
+        if not all_finite(image):
             raise InvalidInputError("image tensor contains NaN or infinite values")
         return image.to(device=self.device, dtype=self.dtype)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checks import all_finite
 from .errors import InvalidInputError
 
 TIE_RULES = ("pessimistic", "optimistic")
@@ -38,7 +39,7 @@ def _as_matrix(x: torch.Tensor, name: str) -> torch.Tensor:
         raise InvalidInputError(f"{name} must be a non-empty tensor of shape (N, D), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise InvalidInputError(f"{name} must be floating point, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise InvalidInputError(f"{name} contains NaN or infinite values")
     return x
 

@@ -117,6 +117,36 @@ def test_benchmark_script_runs_quick(tmp_path, name):
         assert all(rate > 0 for rate in results["manifest"]["loader_examples_per_s"].values())
 
 
+@pytest.mark.slow
+def test_inference_benchmark_compiles_both_models(tmp_path):
+    out = tmp_path / "inference.json"
+    settings = [
+        "--preset",
+        "equiav-tiny",
+        "--batch-sizes",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+    ]
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "bench_inference.py"),
+        *settings,
+        "--compile",
+        "--json",
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fp32 compiled in" in result.stdout and "bf16 compiled in" in result.stdout
+    timings = json.loads(out.read_text())["results"][0]["timings"]
+    assert {"ours fp32 compiled", "ours bf16 compiled"} <= set(timings)
+
+
 @pytest.mark.parametrize("case", ["chirp_10s", "noise_3s", "short_0p42s"])
 def test_authors_fbank_path_gives_torchaudios_values(fbank_fixture, case):
     """The filterbank baseline computes what torchaudio's ``kaldi.fbank`` computes for the authors."""

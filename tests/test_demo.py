@@ -30,7 +30,7 @@ def test_packaged_model_retrieves_digits_of_an_unseen_speaker(shared_dir):
     with torch.no_grad():
         audio, image = model.encode_audio(fbanks), model.encode_image(images)
     result = audio_visual_retrieval(audio, image, audio_labels, image_labels)
-    assert result["audio_to_video"]["R@1"] >= 78.0 and result["video_to_audio"]["R@1"] >= 78.0
+    assert result["audio_to_video"]["R@1"] >= 82.0 and result["video_to_audio"]["R@1"] >= 80.0
     assert model.config.audio_normalization == "utterance"
 
 
@@ -49,7 +49,8 @@ def test_demo_command_end_to_end(tmp_path):
         check=True,
     )
     lines = result.stdout.splitlines()
-    assert sum(line.startswith("R@1 = ") for line in lines) == 2
+    recalls = [float(line.split()[2]) for line in lines if line.startswith("R@1 = ")]
+    assert len(recalls) == 2 and min(recalls) >= 0.8, recalls  # the goal in MODEL_CARD.md, both directions
     assert sum(line.rstrip().endswith(("hit", "miss")) for line in lines) == 60
     with Image.open(png) as image:
         assert image.size[0] > 30 * 12 and image.size[1] > 30 * 12

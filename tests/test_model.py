@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from equiav import CheckpointError, EquiAVConfig, EquiAVModel, InvalidInputError, UnknownModelError
-from equiav.layers import sincos_2d
+from equiav.checks import all_finite
+from equiav.layers import PatchEmbed, sincos_2d
 
 OUTPUT_KEYS = {
     "inter_audio": "z_a_inv",
@@ -168,6 +169,37 @@ def test_bad_shapes_and_dtypes_are_reported():
         model.encode_image(torch.full((1, 3, 224, 224), float("inf")))
     with pytest.raises(InvalidInputError, match="views"):
         model.encode_image(torch.zeros(1, 3, 224, 224), views=torch.zeros(16, 24))
+
+
+@pytest.mark.parametrize(
+    ("channels", "height", "width", "patch"),
+    [(3, 224, 224, 16), (3, 128, 1024, 16), (3, 30, 37, 8), (2, 16, 96, 8)],
+)
+def test_patch_projection_equals_the_strided_convolution(channels, height, width, patch):
+    torch.manual_seed(0)
+    embed = PatchEmbed(patch, channels, 32)
+    x = torch.randn(2, channels, height, width)
+    single = torch.randn(2, 1, height, width)
+    with torch.no_grad():
+        expected = embed.proj(x).flatten(2).transpose(1, 2)
+        expected_single = embed.proj(single.expand(-1, channels, -1, -1)).flatten(2).transpose(1, 2)
+        assert embed(x).shape == (2, (height // patch) * (width // patch), 32)
+        close(embed(x), expected)
+        close(embed.forward_single_channel(single), expected_single)
+        low = embed.to(torch.bfloat16)(x.bfloat16()).float()
+    assert torch.nn.functional.cosine_similarity(low, expected, dim=-1).min() > 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_finds_every_nan_and_infinity(dtype):
+    big = torch.finfo(dtype).max
+    x = torch.tensor([[0.0, -1.5, big], [-big, 2.0, 3.0]], dtype=dtype)
+    assert all_finite(x) and all_finite(x[:0]) and all_finite(x.t())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index in ((0, 0), (1, 2)):
+            y = x.clone()
+            y[index] = bad
+            assert not all_finite(y) and not all_finite(y.t()), (bad, index)
 
 
 def test_unknown_names():

@@ -31,11 +31,12 @@ from equiav.training.checkpoint import (
     save_checkpoint,
 )
 from equiav.training.launch import rng_state, set_rng_state
+from equiav.training.loop import ShardSampler
+from equiav.training.options import build_config
 from equiav.training.pretrain import (
     KILL_AT_STEP_ENV,
     KILL_RANK_ENV,
     PretrainConfig,
-    ShardSampler,
     _fault_kill_step,
     build_parser,
     config_from_args,
@@ -567,12 +568,12 @@ def test_cuda_bf16_run_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
         "max_steps": 6, "checkpoint_every_steps": 3, "log_every": 1, "progress": False, "tensorboard": False,
         "output_dir": str(tmp_path), "optim": {"warmup_steps": 2, "lr": 1e-3, "grad_accum": 2},
     }  # fmt: skip
-    result = pretrain.train(pretrain.build_config(PretrainConfig, values))
+    result = pretrain.train(build_config(PretrainConfig, values))
     assert result["step"] == 6 and math.isfinite(result["train"]["loss"])
     losses = [r["loss"] for r in _metrics(tmp_path)]
     assert len(losses) == 6 and losses[-1] < losses[0]
     values["max_steps"] = 9
-    result = pretrain.train(pretrain.build_config(PretrainConfig, values))
+    result = pretrain.train(build_config(PretrainConfig, values))
     assert result["step"] == 9 and [r["step"] for r in _metrics(tmp_path)] == list(range(1, 10))
     state = load_checkpoint(tmp_path / "checkpoints" / "ckpt-00000009.pt")
     assert state["position"]["step"] == 9 and all(not k.startswith("_orig_mod") for k in state["model"])

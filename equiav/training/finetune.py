@@ -68,24 +68,16 @@ from .launch import (
     DistributedContext,
     barrier,
     checkpoint_to_resume,
-    gather_rng_states,
     seed_everything,
     set_deterministic,
-    set_rng_state,
     setup_distributed,
     teardown_distributed,
 )
 from .logger import TrainingLogger
+from .loop import Position, ShardSampler, TrainingState, autocast_context
 from .metrics import classification_metrics, gather_predictions, shard
-from .pretrain import (
-    OptimConfig,
-    Position,
-    ShardSampler,
-    _add_options,
-    _set_nested,
-    build_config,
-    read_config_file,
-)
+from .options import add_options, config_from_layers, read_config_file
+from .pretrain import OptimConfig
 from .schedule import WarmupCosineSchedule
 
 log = logging.getLogger("equiav.finetune")
@@ -328,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="PATH", help="JSON file with FinetuneConfig fields (nested objects)"
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    _add_options(parser, FinetuneConfig)
+    add_options(parser, FinetuneConfig)
     return parser
 
 
@@ -338,10 +330,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[FinetuneConfig, arg
     values: dict[str, Any] = dict(RECIPES[args.recipe]) if args.recipe else {}
     if args.config:
         values = _merge(values, read_config_file(args.config))
-    for dotted, value in vars(args).items():
-        if dotted not in ("recipe", "config", "print_config"):
-            _set_nested(values, dotted, value)
-    return build_config(FinetuneConfig, values), args
+    return config_from_layers(FinetuneConfig, values, args, skip=("recipe", "config", "print_config")), args
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -707,6 +696,7 @@ class FinetuneTrainer:
             total_steps=self.total_steps, start_lr=cfg.optim.start_lr, final_lr=cfg.optim.final_lr,
         )  # fmt: skip
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16")
+        self.state = TrainingState(self.model, self.optimizer, self.schedule, self.scaler)
         self.tracker = BadItemTracker(cfg.data.max_bad_fraction, cfg.data.min_items_before_error)
         self.best = -math.inf
         self.position = self._restore_or_init()
@@ -747,47 +737,28 @@ class FinetuneTrainer:
         return module
 
     def _autocast(self):
-        if self.cfg.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
+        return autocast_context(self.cfg.precision, self.ctx.device)
 
     def _restore_or_init(self) -> Position:
         path = checkpoint_to_resume(self.cfg.resume, self.checkpoints, self.ctx)
         if path is None:
             return Position()
         state = load_checkpoint(path, map_location="cpu")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        position = self.state.restore(
+            state, self.ctx, seed=self.cfg.seed, steps_per_epoch=self.steps_per_epoch
+        )
         self.best = float(state["best"])
-        states = state["rng"]
-        if len(states) == self.ctx.world_size:
-            set_rng_state(states[self.ctx.rank])
-        else:
-            seed_everything(self.cfg.seed + self.ctx.rank + state["step"])
         if self.ctx.is_main:
-            log.info("resumed from %s at step %d", path, state["step"])
-        return Position(**state["position"])
+            log.info("resumed from %s at step %d", path, position.step)
+        return position
 
     def save(self) -> None:
         """Write the checkpoint of the current position (rank 0), with every rank's RNG states."""
-        states = gather_rng_states(self.ctx)
-        if self.ctx.is_main:
-            state = {
-                "step": self.position.step,
-                "position": asdict(self.position),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": states,
-                "best": self.best,
-                "world_size": self.ctx.world_size,
-                "config": self.cfg.to_dict(),
-                "classifier_config": self.model.config.to_dict(),
-            }
+        state = self.state.to_checkpoint(
+            self.position, self.ctx, best=self.best, config=self.cfg.to_dict(),
+            classifier_config=self.model.config.to_dict(),
+        )  # fmt: skip
+        if state is not None:
             save_checkpoint(self.checkpoints, self.position.step, state, keep_last=self.cfg.keep_last)
         barrier()
 

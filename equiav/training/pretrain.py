@@ -31,23 +31,20 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import EquiAVConfig
 from ..convert import load_mae_weights
@@ -59,15 +56,15 @@ from .launch import (
     DistributedContext,
     barrier,
     checkpoint_to_resume,
-    gather_rng_states,
     seed_everything,
     set_deterministic,
-    set_rng_state,
     setup_distributed,
     teardown_distributed,
 )
 from .logger import TrainingLogger
+from .loop import Position, ShardSampler, TrainingState, autocast_context
 from .losses import EquiAVLoss
+from .options import add_options, config_from_layers, option_name, read_config_file
 from .schedule import WarmupCosineSchedule
 
 log = logging.getLogger("equiav.pretrain")
@@ -240,7 +237,7 @@ class PretrainConfig:
             checks.append(("optim.warmup_steps", self.optim.warmup_steps, 0))
         for name, value, low in checks:
             if value < low:
-                raise ConfigError(f"option --{_option(name)} must be at least {low}, got {value}")
+                raise ConfigError(f"option --{option_name(name)} must be at least {low}, got {value}")
         if self.max_steps is None and not self.epochs > 0:
             raise ConfigError(f"option --epochs must be positive (or set --max-steps), got {self.epochs}")
         if self.optim.warmup_epochs < 0 or self.optim.clip_grad_norm < 0:
@@ -258,174 +255,6 @@ class PretrainConfig:
         return asdict(self)
 
 
-def _option(dotted: str) -> str:
-    """Command-line spelling of a (nested) field: ``optim.warmup_steps`` -> ``optim.warmup-steps``."""
-    return dotted.replace("_", "-")
-
-
-def _field_help(cls: type) -> dict[str, str]:
-    """Per-field help from the class docstring's ``* ``name``: text`` bullets."""
-    text = cls.__doc__ or ""
-    pattern = re.compile(r"^\s*\*\s+``(\w+)``:\s*(.*?)(?=^\s*\*\s+``|^\s*$|\Z)", re.S | re.M)
-    return {m.group(1): " ".join(m.group(2).replace("``", "").split()) for m in pattern.finditer(text)}
-
-
-def _is_union(hint: Any) -> bool:
-    return get_origin(hint) in (Union, types.UnionType)
-
-
-def _convert(value: Any, hint: Any, name: str) -> Any:
-    """Check ``value`` (from JSON, or text from the command line) against the field type ``hint`` and convert it."""
-    origin, args = get_origin(hint), get_args(hint)
-    wrong = ConfigError(f"option --{_option(name)}: expected {_describe(hint)}, got {value!r}")
-    if hint is Any:
-        return value
-    if _is_union(hint):
-        if type(None) in args and (
-            value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        ):
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, option, name)
-            except ConfigError:
-                continue
-        raise wrong
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"option --{_option(name)}: expected one of {list(args)}, got {value!r}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise wrong
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise wrong
-        if isinstance(value, str):
-            try:
-                value = float(value) if hint is float else int(value)
-            except ValueError:
-                raise wrong from None
-        if hint is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
-            raise wrong
-        return hint(value)
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise wrong
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise wrong
-        if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
-            if len(value) != len(args):
-                raise wrong
-            return tuple(_convert(v, a, name) for v, a in zip(value, args))
-        converted = [_convert(v, args[0], name) for v in value]
-        return tuple(converted) if origin is tuple else converted
-    if origin is dict or hint is dict:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise wrong from None
-        if not isinstance(value, dict):
-            raise wrong
-        return value
-    raise ConfigError(f"option --{_option(name)}: unsupported field type {hint!r}")
-
-
-def _describe(hint: Any) -> str:
-    origin, args = get_origin(hint), get_args(hint)
-    if _is_union(hint):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, args))
-    if origin in (tuple, list):
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            return f"{len(args)} values ({', '.join(_describe(a) for a in args)})"
-        return f"a list of {_describe(args[0])}"
-    if origin is dict or hint is dict:
-        return "a JSON object"
-    if hint is type(None):
-        return "none"
-    return getattr(hint, "__name__", str(hint))
-
-
-def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from nested ``values``, checking names and types; raises ``ConfigError``."""
-    if not isinstance(values, dict):
-        raise ConfigError(
-            f"option group '{prefix.rstrip('.') or 'config'}': expected a JSON object, got {values!r}"
-        )
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = prefix.rstrip(".") or "config"
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for f in fields(cls):
-        name, hint = prefix + f.name, hints[f.name]
-        if is_dataclass(hint):
-            kwargs[f.name] = build_config(hint, values.get(f.name, {}), name + ".")
-        elif f.name in values:
-            kwargs[f.name] = _convert(values[f.name], hint, name)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(
-                f"option --{_option(name)} is required (in the config file or on the command line)"
-            )
-    try:
-        return cls(**kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {error}") from error
-
-
-def _default_text(f) -> str:
-    if f.default is not MISSING:
-        default = f.default
-    elif f.default_factory is not MISSING:
-        default = f.default_factory()
-    else:
-        return "required"
-    if isinstance(default, (dict, list, tuple)):
-        return "default: " + json.dumps(default)
-    return f"default: {default}"
-
-
-def _add_options(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    hints, helps = get_type_hints(cls), _field_help(cls)
-    group = parser.add_argument_group(f"{prefix.rstrip('.')} options") if prefix else parser
-    for f in fields(cls):
-        name, hint = prefix + f.name, hints[f.name]
-        if is_dataclass(hint):
-            _add_options(parser, hint, name + ".")
-            continue
-        text = f"{helps.get(f.name, f.name.replace('_', ' '))} ({_default_text(f)})".replace("%", "%%")
-        flag = f"--{_option(name)}"
-        origin, args = get_origin(hint), get_args(hint)
-        if hint is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=text)  # fmt: skip
-            continue
-        inner = next((a for a in args if a is not type(None)), hint) if _is_union(hint) else hint
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text}
-        if get_origin(inner) in (tuple, list):
-            inner_args = get_args(inner)
-            fixed = get_origin(inner) is tuple and not (len(inner_args) == 2 and inner_args[1] is Ellipsis)
-            kwargs["nargs"] = len(inner_args) if fixed else "*"
-            kwargs["metavar"] = "VALUE"
-        elif origin is Literal:
-            kwargs["choices"] = list(args)
-        else:
-            kwargs["metavar"] = {int: "INT", float: "FLOAT", str: "TEXT"}.get(inner, "JSON")
-        group.add_argument(flag, **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m equiav.training.pretrain",
@@ -439,80 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the resolved config as JSON and exit without training",
     )
-    _add_options(parser, PretrainConfig)
+    add_options(parser, PretrainConfig)
     return parser
-
-
-def _set_nested(values: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for parent in parents:
-        node = values.setdefault(parent, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"option --{_option(dotted)}: '{parent}' in the config file is not an object")
-        values = node
-    values[last] = value
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file ({error})") from error
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object of PretrainConfig fields")
-    return values
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[PretrainConfig, argparse.Namespace]:
     """Parse the command line: defaults < ``--config`` file < options given on the command line."""
     args = build_parser().parse_args(argv)
     values = read_config_file(args.config) if args.config else {}
-    for dotted, value in vars(args).items():
-        if dotted not in ("config", "print_config"):
-            _set_nested(values, dotted, value)
-    return build_config(PretrainConfig, values), args
+    return config_from_layers(PretrainConfig, values, args, skip=("config", "print_config")), args
 
 
 # --------------------------------------------------------------------------------------------------- data
-
-
-class ShardSampler(Sampler[int]):
-    """This rank's dataset indices for one epoch: a seeded shuffle cut to equal full batches on every rank.
-
-    The permutation depends on (seed, epoch) only. Its first ``world_size * batches * batch_size`` entries are dealt
-    to the ranks in turn (rank r takes positions r, r + W, ...), so every rank gets the same number of full batches.
-    ``set_epoch(epoch, start_batch)`` starts the epoch after ``start_batch`` batches, which is how a resumed run skips
-    the batches it already trained on without reading them.
-    """
-
-    def __init__(
-        self, size: int, *, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool = True
-    ):
-        self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self.batches = size // (world_size * batch_size)
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def indices(self) -> list[int]:
-        if self.shuffle:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed)).tolist()
-        else:
-            order = list(range(self.size))
-        used = order[: self.batches * self.batch_size * self.world_size]
-        return used[self.rank :: self.world_size][self.start_batch * self.batch_size :]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return (self.batches - self.start_batch) * self.batch_size
 
 
 class DataStream:
@@ -573,15 +340,6 @@ def _uniform_batch(batch: dict[str, Any], ctx: DistributedContext, group=None) -
 # --------------------------------------------------------------------------------------------------- training
 
 
-@dataclass
-class Position:
-    """Where training stands: optimizer steps done, and the epoch and micro-batches done in it."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-
-
 class Trainer:
     """One process's share of a pretraining run (built by :func:`train`)."""
 
@@ -628,6 +386,7 @@ class Trainer:
         if cfg.precision == "fp16" and ctx.device.type != "cuda":
             raise ConfigError("option --precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16")
+        self.state = TrainingState(self.model, self.optimizer, self.schedule, self.scaler)
         self.criterion = EquiAVLoss(
             cfg.loss.inter_weight, cfg.loss.intra_audio_weight, cfg.loss.intra_visual_weight,
             inter_temperature=cfg.loss.inter_temperature, intra_temperature=cfg.loss.intra_temperature,
@@ -664,10 +423,7 @@ class Trainer:
         return module
 
     def _autocast(self):
-        if self.cfg.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.ctx.device.type, dtype=dtype)
+        return autocast_context(self.cfg.precision, self.ctx.device)
 
     def _restore_or_init(self) -> Position:
         """Load the checkpoint chosen by ``resume`` into every component, or initialize a fresh run."""
@@ -678,23 +434,9 @@ class Trainer:
                 log.info("initialized %d tensors of both towers from %s", len(loaded), self.cfg.mae_init)
             return Position()
         state = load_checkpoint(path, map_location="cpu")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        states = state["rng"]
-        position = Position(**state["position"])
-        if len(states) == self.ctx.world_size:
-            set_rng_state(states[self.ctx.rank])
-        else:
-            # Not an exact resume: the RNGs are reseeded and the rest of the epoch is dealt to the ranks anew,
-            # so a few of its items may be seen twice or skipped.
-            log.warning(
-                "checkpoint was written by %d processes, this run has %d: resuming approximately",
-                len(states), self.ctx.world_size,
-            )  # fmt: skip
-            seed_everything(self.cfg.seed + self.ctx.rank + position.step)
-            position.batch_in_epoch = min(position.batch_in_epoch, self.steps_per_epoch - 1)
+        position = self.state.restore(
+            state, self.ctx, seed=self.cfg.seed, steps_per_epoch=self.steps_per_epoch
+        )
         if self.ctx.is_main:
             log.info("resumed from %s at step %d", path, position.step)
         return position
@@ -703,20 +445,10 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint of the current position (rank 0), with the RNG states of every rank."""
-        states = gather_rng_states(self.ctx)
-        if self.ctx.is_main:
-            state = {
-                "step": self.position.step,
-                "position": asdict(self.position),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": states,
-                "world_size": self.ctx.world_size,
-                "config": self.cfg.to_dict(),
-                "model_config": self.model_config.to_dict(),
-            }
+        state = self.state.to_checkpoint(
+            self.position, self.ctx, config=self.cfg.to_dict(), model_config=self.model_config.to_dict()
+        )
+        if state is not None:
             save_checkpoint(self.checkpoints, self.position.step, state, keep_last=self.cfg.keep_last)
         barrier()
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checks import all_finite
 from ..errors import InvalidInputError
 from .metrics import classification_metrics
 
@@ -66,7 +67,7 @@ class LinearProbe:
 def _check_features(x: torch.Tensor, y: torch.Tensor, multi_label: bool, name: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] == 0:
         raise InvalidInputError(f"{name} features must be a non-empty (N, D) tensor")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise InvalidInputError(f"{name} features contain NaN or infinite values")
     rows_ok = y.dim() == 2 if multi_label else (y.dim() == 1 and not y.is_floating_point())
     if not rows_ok or y.shape[0] != x.shape[0]:
