@@ -172,7 +172,7 @@ def time_views(
     args: argparse.Namespace, cfg: EquiAVConfig, device: torch.device, bf16: bool
 ) -> dict[int, float]:
     """Median step seconds per S, timed round-robin after ``args.warmup`` untimed steps each."""
-    runner = StepRunner(cfg, device, bf16, checkpointing=False, compile=args.compile)
+    runner = StepRunner(cfg, device, bf16, checkpointing=False)
     inputs = {s: make_inputs(cfg, args.batch_size, s, device) for s in args.views}
     for _ in range(args.warmup):
         for s in args.views:
@@ -182,6 +182,26 @@ def time_views(
         for s in args.views:
             times[s].append(runner.step(inputs[s]))
     return {s: statistics.median(t) for s, t in times.items()}
+
+
+def time_compiled(
+    args: argparse.Namespace, cfg: EquiAVConfig, device: torch.device, bf16: bool, views: int
+) -> dict[str, float]:
+    """Median step seconds of the eager model and of the same model through ``torch.compile``, round-robin (the
+    compiled model's first steps, which compile it, are among the warm-up steps)."""
+    runners = {
+        "eager": StepRunner(cfg, device, bf16, checkpointing=False),
+        "compiled": StepRunner(cfg, device, bf16, checkpointing=False, compile=True),
+    }
+    inputs = make_inputs(cfg, args.batch_size, views, device)
+    for _ in range(max(args.warmup, 2)):
+        for runner in runners.values():
+            runner.step(inputs)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, runner in runners.items():
+            times[name].append(runner.step(inputs))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def probe_memory(args: argparse.Namespace, checkpointing: bool) -> dict[str, float]:
@@ -240,7 +260,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="accelerator peak for MFU (default: by name)"
     )
-    parser.add_argument("--compile", action="store_true", help="time the model through torch.compile")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the largest S through torch.compile against the eager model, round-robin",
+    )
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the activation-checkpointing comparison"
     )
@@ -268,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     print("machine:", json.dumps(machine_info(device)))
     print(
         f"settings: preset {args.preset}, batch {args.batch_size}, precision {'bf16 autocast' if bf16 else 'fp32'}, "
-        f"warmup {args.warmup}, repeats {args.repeats} (medians), views {args.views}, compile {args.compile}"
+        f"warmup {args.warmup}, repeats {args.repeats} (medians), views {args.views}, compiled too {args.compile}"
     )
     medians = time_views(args, cfg, device, bf16)
     peak = peak_tflops(device, args.peak_tflops)
@@ -285,6 +309,18 @@ def main(argv: list[str] | None = None) -> None:
     if 1 in medians and 16 in medians:
         print(f"\nratio S=16 / S=1: {medians[16] / medians[1]:.4f} (paper: < 1.05; goal: < 1.03)")
     print(f"model forward GFLOPs per sample at S=16: {forward_flops(cfg, 1, 16) / 1e9:.1f}")
+    if args.compile:
+        views = max(args.views)
+        compiled = time_compiled(args, cfg, device, bf16, views)
+        print(f"\ntorch.compile (S={views}, round-robin with the eager model):")
+        for name, seconds in compiled.items():
+            line = f"  {name:>8}: step {seconds * 1e3:8.1f} ms"
+            if bf16:
+                tflops = 3 * forward_flops(cfg, args.batch_size, views) / seconds / 1e12
+                mfu = f", MFU {tflops / peak:.1%}" if peak else ""
+                line += f", {args.batch_size / seconds:.1f} samples/s, {tflops:.1f} TFLOP/s{mfu}"
+            print(line)
+        print(f"speed-up compiled / eager: {compiled['eager'] / compiled['compiled']:.3f}x")
     if not args.no_memory:
         print(f"\nactivation checkpointing (S={max(args.views)}, each setting in a fresh process):")
         memory = {"off": memory_in_subprocess(args, False), "on": memory_in_subprocess(args, True)}

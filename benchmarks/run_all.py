@@ -53,7 +53,8 @@ BENCHMARKS = (
     Benchmark("dataloading", "bench_dataloading.py", ("--quick",), json=True),
     Benchmark(
         "train_step", "bench_train_step.py",
-        ("--preset", "equiav-tiny", "--batch-size", "2", "--views", "1", "16", "--warmup", "0", "--repeats", "1"),
+        ("--preset", "equiav-tiny", "--batch-size", "2", "--views", "1", "16", "--warmup", "0", "--repeats", "1",
+         "--compile"),
         ("--device", "cuda"),
     ),
 )  # fmt: skip

@@ -111,6 +111,8 @@ def test_benchmark_script_runs_quick(tmp_path, name):
         results = json.loads((tmp_path / "inference.json").read_text())["results"]
         assert all(r["max_abs_difference"] < 1e-4 and r["bf16_min_cosine"] > 0.999 for r in results)
         assert set(results[0]["timings"]) == {"authors fp32", "ours fp32", "ours bf16"}
+    if name == "train_step":
+        assert "speed-up compiled / eager:" in (tmp_path / f"{name}.log").read_text()
     if name == "dataloading":
         results = json.loads((tmp_path / "dataloading.json").read_text())["results"]
         assert results["manifest"]["slowest_stage"] in results["manifest"]["stages_s"]
