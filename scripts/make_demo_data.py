@@ -59,11 +59,16 @@ SAMPLE_RATE = 8000
 
 
 def speak(word: str, voice: str, pitch: int, speed: int) -> np.ndarray:
+    """``word`` spoken by espeak-ng with ``voice`` at ``pitch`` (0-99) and ``speed`` (words per minute)."""
+    return synthesize(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", "{wav}", word])
+
+
+def synthesize(command: list[str]) -> np.ndarray:
+    """Run a text-to-speech ``command`` that writes a WAV file where its ``"{wav}"`` argument says; return the speech
+    as FSDD stores it: 8 kHz mono, cut to its voiced part with 50 ms on each side, peak 0.7."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "word.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(path), word], check=True
-        )
+        subprocess.run([str(path) if part == "{wav}" else part for part in command], check=True)
         waveform, rate = load_audio(path)
     mono = resample(waveform.mean(dim=0), rate, SAMPLE_RATE).numpy()
     voiced = np.flatnonzero(np.abs(mono) > 0.02 * np.abs(mono).max())
