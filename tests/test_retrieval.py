@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from equiav.config import EquiAVConfig
 from equiav.errors import InvalidInputError
 from equiav.retrieval import (
     audio_visual_retrieval,
@@ -214,6 +215,42 @@ def test_avdigits_retrieval_command_matches_direct_computation_and_two_processes
     for direction in ("video_to_audio", "audio_to_video"):
         for key, value in one[direction].items():
             assert two[direction][key] == pytest.approx(value, abs=1e-9), (direction, key)
+
+
+def test_avdigits_retrieval_scores_a_folder_of_new_speakers(shared_dir, tmp_path, one_thread) -> None:
+    """A folder holding only unseen speakers is scored by naming them; the default speaker's absence is reported."""
+    from equiav.errors import DatasetError
+    from equiav.training.data import avdigits_eval_set
+    from equiav.training.evaluate import main
+
+    recordings = tmp_path / "new" / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    for digit in range(10):
+        for take in range(2):
+            source = shared_dir / "data" / "fsdd" / "recordings" / f"{digit}_theo_{take}.wav"
+            for speaker in ("nicolas", "lucas"):
+                (recordings / f"{digit}_{speaker}_{take}.wav").write_bytes(source.read_bytes())
+    (tmp_path / "new" / "mnist").mkdir()
+    (tmp_path / "new" / "mnist" / "mnist_4k.npz").write_bytes(
+        (shared_dir / "data" / "mnist" / "mnist_4k.npz").read_bytes()
+    )
+    root = tmp_path / "new"
+
+    args = ["retrieval", "--model", "equiav-tiny-digits", "--avdigits", str(root), "--no-progress"]
+    main([*args, "--val-speakers", "nicolas", "lucas", "--output", str(tmp_path / "new.json")])
+    result = json.loads((tmp_path / "new.json").read_text())
+    assert (result["num_audio"], result["val_speakers"]) == (40, ["nicolas", "lucas"])
+    assert (
+        result["audio_to_video"]["R@1"] > 50.0
+    )  # theo's takes under new names: the packaged model knows them
+    with pytest.raises(SystemExit):
+        main(args)
+    with pytest.raises(DatasetError, match=r"validation speaker\(s\) \['theo'\] have no recordings"):
+        avdigits_eval_set(root, EquiAVConfig.from_preset("equiav-tiny-digits"), "val")
+    with pytest.raises(DatasetError, match="no training speaker is left"):
+        avdigits_eval_set(
+            root, EquiAVConfig.from_preset("equiav-tiny-digits"), "train", val_speakers=("nicolas", "lucas")
+        )
 
 
 def test_manifest_retrieval_uses_the_middle_frame(shared_dir, tmp_path, one_thread) -> None:

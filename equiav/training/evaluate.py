@@ -185,11 +185,16 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
         if args.avdigits:
             from .datasets.avdigits import avdigits_eval_set
 
-            fbanks, images, audio_labels, image_labels = avdigits_eval_set(args.avdigits, config, args.split)
+            fbanks, images, audio_labels, image_labels = avdigits_eval_set(
+                args.avdigits, config, args.split, val_speakers=tuple(args.val_speakers),
+                val_fraction_images=args.val_fraction_images,
+            )  # fmt: skip
             audio = embed_rows(model, fbanks, "audio", ctx, args.batch_size, args.progress)
             video = embed_rows(model, images, "image", ctx, args.batch_size, args.progress)
             labels = (audio_labels, image_labels)
-            info.update(data=str(args.avdigits), split=args.split, level="class")
+            info.update(
+                data=str(args.avdigits), split=args.split, level="class", val_speakers=args.val_speakers
+            )
         else:
             frame = args.frame if args.frame is not None else args.frame_count // 2
             clips = ManifestClips(args.manifest, config, frame)
@@ -254,6 +259,19 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--manifest", help="authors' manifest JSON (video_id, wav, video_path, labels)")
     data.add_argument("--avdigits", help="AV-digits root (the shared data folder); class-level retrieval")
     parser.add_argument("--split", default="val", choices=["train", "val"], help="AV-digits split")
+    parser.add_argument(
+        "--val-speakers",
+        nargs="+",
+        default=["theo"],
+        metavar="NAME",
+        help="AV-digits speakers held out for validation (default: theo); name yours to score other recordings",
+    )
+    parser.add_argument(
+        "--val-fraction-images",
+        type=float,
+        default=0.2,
+        help="share of each digit's images held out for validation (default 0.2, as in pretraining)",
+    )
     parser.add_argument("--frame-count", type=int, default=10, help="frames per clip in the manifest layout")
     parser.add_argument("--frame", type=int, default=None, help="frame index (default: frame_count // 2)")
     parser.add_argument(

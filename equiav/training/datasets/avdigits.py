@@ -78,12 +78,13 @@ def list_recordings(folder: Path) -> list[Recording]:
 def split_recordings(
     recordings: list[Recording], val_speakers: tuple[str, ...], split: str
 ) -> list[Recording]:
-    """The recordings of ``split``: validation = ``val_speakers``, training = every other speaker."""
+    """The recordings of ``split``: validation = ``val_speakers``, training = every other speaker. A folder of
+    held-out speakers alone is a valid validation split (scoring a model on new voices)."""
     speakers = sorted({r.speaker for r in recordings})
     unknown = sorted(set(val_speakers) - set(speakers))
     if unknown:
         raise DatasetError(f"validation speaker(s) {unknown} have no recordings; speakers are {speakers}")
-    if set(speakers) <= set(val_speakers):
+    if split == "train" and set(speakers) <= set(val_speakers):
         raise DatasetError(f"every speaker {speakers} is a validation speaker; no training speaker is left")
     held_out = set(val_speakers)
     return [r for r in recordings if (r.speaker in held_out) == (split == "val")]
