@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import EquiAVConfig, list_models
 from ..errors import DatasetError, EquiAVError, InvalidInputError
 from ..retrieval import DEFAULT_KS, TIE_RULES, audio_visual_retrieval, format_table, similarity_matrix
+from .datasets.config import DataConfig
 from .launch import DistributedContext, setup_distributed, teardown_distributed
 from .metrics import gather_in_order, shard
 
@@ -262,15 +263,15 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--val-speakers",
         nargs="+",
-        default=["theo"],
+        default=list(DataConfig.val_speakers),
         metavar="NAME",
-        help="AV-digits speakers held out for validation (default: theo); name yours to score other recordings",
+        help="AV-digits speakers held out for validation (default: %(default)s); name yours to score other recordings",
     )
     parser.add_argument(
         "--val-fraction-images",
         type=float,
-        default=0.2,
-        help="share of each digit's images held out for validation (default 0.2, as in pretraining)",
+        default=DataConfig.val_fraction_images,
+        help="share of each digit's images held out for validation (default %(default)s, as in pretraining)",
     )
     parser.add_argument("--frame-count", type=int, default=10, help="frames per clip in the manifest layout")
     parser.add_argument("--frame", type=int, default=None, help="frame index (default: frame_count // 2)")
