@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 use_repository_package()
 
 from equiav import EquiAVConfig  # noqa: E402
-from equiav.audio import load_audio, waveform_to_fbank  # noqa: E402
+from equiav.audio import crop_samples, load_audio, waveform_to_fbank  # noqa: E402
 from equiav.image import load_image, preprocess_image  # noqa: E402
 from equiav.training.data import DataConfig, build_pretrain_dataset, collate_pretrain  # noqa: E402
 from equiav.training.datasets.items import pil_to_unit_tensor  # noqa: E402
@@ -170,16 +170,17 @@ def stage_runs(dataset, kind: str, cfg: EquiAVConfig) -> tuple[dict[str, Callabl
         waves = [(w[0] if w.shape[0] == 1 else w.mean(dim=0), rate) for w, rate in waves]
     else:
         paths = [dataset.entries[i].path for i in indices]
-        decode_audio = [lambda p=p: read_video_audio(p, cfg.sample_rate) for p in paths]
+        seconds = crop_samples(cfg) / cfg.sample_rate
+        decode_audio = [lambda p=p: read_video_audio(p, cfg.sample_rate, max_seconds=seconds) for p in paths]
+        size = dataset.data.frame_size
 
         def frame_of(path: Path):
             times = frame_times(probe_video(path), dataset.data.frame_count, dataset.data.clip_seconds)
-            return extraction_crop(
-                read_video_frames(path, times=[times[len(times) // 2]])[0], dataset.data.frame_size
-            )
+            [frame] = read_video_frames(path, times=[times[len(times) // 2]], short_side=size)
+            return extraction_crop(frame, size)
 
         decode_frame = [lambda p=p: frame_of(p) for p in paths]
-        waves = [(read_video_audio(p, cfg.sample_rate), cfg.sample_rate) for p in paths]
+        waves = [(run(), cfg.sample_rate) for run in decode_audio]
     images = [run() for run in decode_frame]
     fbanks = [waveform_to_fbank(w, rate, cfg) for w, rate in waves]
 

@@ -487,6 +487,8 @@ def waveform_to_fbank(
     target_length, the last one zero-padded) -> (W, target_length, num_mel_bins), for callers that average window
     embeddings over a long clip. The mean is always that of the whole clip, as in the authors' code, but "crop" runs
     the filterbank over the samples of the kept frames only, so an hour-long clip costs no more than its waveform.
+    Every frame's DC offset is removed again inside the filterbank, so the clip mean changes the output only by float
+    rounding (up to a few 1e-4 of the normalised values): a decoder may stop after ``crop_samples(config)`` samples.
 
     Silent audio (all zeros, or any constant) is valid input: after mean removal every frame has zero power, so
     every filterbank value sits on the log floor ``log(float32 eps)`` (about -15.9) and the model input is a finite
@@ -506,7 +508,7 @@ def waveform_to_fbank(
     mean = mono.mean()
     try:
         if windows == "crop":
-            mono = mono[: _crop_samples(config)]
+            mono = mono[: crop_samples(config)]
         fbank = kaldi_fbank(
             mono - mean,
             config.sample_rate,
@@ -537,8 +539,10 @@ def _normalize_utterance(fbank: Tensor) -> Tensor:
     return centred / (2.0 * centred.std(correction=0) + 1e-5)
 
 
-def _crop_samples(config: EquiAVConfig) -> int:
-    """Samples that hold the first ``config.target_length`` frames (Kaldi framing with ``snip_edges``)."""
+def crop_samples(config: EquiAVConfig) -> int:
+    """Samples that hold the first ``config.target_length`` frames (Kaldi framing with ``snip_edges``): all that
+    ``waveform_to_fbank(..., windows="crop")`` reads of a clip besides its mean, which the filterbank's per-frame DC
+    removal cancels, so a decoder may stop after this many samples."""
     window_size, hop = _frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)
     return window_size + (config.target_length - 1) * hop
 

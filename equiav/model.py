@@ -393,15 +393,20 @@ class EquiAVModel(
         self, path: str | Path | Sequence[str | Path], *, num_frames: int = 1, windows: str = "crop"
     ) -> VideoEmbedding:
         """Embeddings of the audio track and of the middle frame (or ``num_frames`` evenly spaced frames, averaged)."""
-        from .video import read_video_audio, read_video_frames
+        from .audio import crop_samples
+        from .video import open_video
 
+        rate = self.config.sample_rate
+        # "crop" reads only the start of the soundtrack (see ``crop_samples``); "sliding" reads all of it.
+        max_seconds = crop_samples(self.config) / rate if windows == "crop" else None
         paths = _as_list(path)
         audio_items, image_rows = [], []
         for item in paths:
-            audio_items.append(read_video_audio(item, sample_rate=self.config.sample_rate))
-            frames = read_video_frames(item, num_frames=num_frames)
+            with open_video(item) as video:
+                audio_items.append(video.audio(rate, max_seconds=max_seconds))
+                frames = video.frames(num_frames=num_frames)
             image_rows.append(F.normalize(self.embed_image(frames).mean(dim=0), dim=-1))
-        audio = self.embed_audio(audio_items, sample_rate=self.config.sample_rate, windows=windows)
+        audio = self.embed_audio(audio_items, sample_rate=rate, windows=windows)
         return VideoEmbedding(audio=audio, image=torch.stack(image_rows))
 
     def _batched(self, fn, inputs: torch.Tensor, batch_size: int, progress: bool, what: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from equiav.audio import load_fbank
+from equiav.audio import load_fbank, waveform_to_fbank
 from equiav.config import EquiAVConfig
 from equiav.errors import ConfigError, DatasetError
 from equiav.image import load_image, preprocess_image
@@ -38,7 +38,7 @@ from equiav.training.datasets.items import pil_to_unit_tensor, warp_frequency
 from equiav.training.datasets.shards import audio_settings
 from equiav.training.finetune import LabelledDataset
 from equiav.training.prepare import main as prepare_main
-from equiav.video import probe_video, read_video_frames
+from equiav.video import probe_video, read_video_audio, read_video_frames
 
 TINY = EquiAVConfig.from_preset("equiav-tiny")
 FRAMES = 3
@@ -392,8 +392,16 @@ def test_videos_decoded_on_the_fly_match_extracted_manifest(tmp_path: Path, shar
     item, bad = videos[0], videos[1]
     assert isinstance(bad, BadItem) and bad.path.endswith("broken.mp4")
     path = videos.entries[0].path
-    frame = read_video_frames(path, times=[frame_times(probe_video(path), FRAMES, 10.0)[FRAMES // 2]])[0]
+    times = [frame_times(probe_video(path), FRAMES, 10.0)[FRAMES // 2]]
+    [frame] = read_video_frames(path, times=times, short_side=224)
     assert torch.equal(item["image"], preprocess_image(extraction_crop(frame), TINY))
+    # Scaling inside FFmpeg instead of Pillow's resize of the full 1280 x 720 frame: about a level of 255 apart.
+    [full] = read_video_frames(path, times=times)
+    pillow = preprocess_image(extraction_crop(full), TINY)
+    assert (pillow - item["image"]).abs().mean() * 0.226 * 255 < 2.0
+    # Only the soundtrack's start is decoded; its mean no longer counts (per-frame DC removal cancels it).
+    whole = waveform_to_fbank(read_video_audio(path), 16000, TINY)
+    assert (whole - item["audio"]).abs().max() < 1e-3
 
     out = tmp_path / "extracted"
     args = ["extract", "--videos", str(csv), "--output", str(out), "--frames", str(FRAMES)]

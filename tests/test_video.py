@@ -149,6 +149,63 @@ def test_audio_downmix_and_rate(av_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("name", CLIPS)
+def test_audio_prefix_is_the_start_of_the_whole_soundtrack(av_dir: Path, name: str) -> None:
+    """``max_seconds`` stops decoding early without flushing the resampler, so the prefix is exact; a clip shorter
+    than ``max_seconds`` comes back whole."""
+    path = av_dir / name
+    whole = read_video_audio(path).numpy()
+    for seconds in (0.5, 10.255):
+        prefix = read_video_audio(path, max_seconds=seconds).numpy()
+        assert len(prefix) == min(math.ceil(seconds * 16000), len(whole))
+        np.testing.assert_array_equal(prefix, whole[: len(prefix)])
+    with open_video(path) as video:
+        video.frames(times=[0.5])
+        np.testing.assert_array_equal(video.audio(max_seconds=0.5).numpy(), whole[:8000])
+
+
+def test_audio_prefix_of_a_truncated_file(av_dir: Path, tmp_path: Path) -> None:
+    """A file cut at about 13 s of 30 s still gives its first 10 s, equal to those of the whole file."""
+    path = tmp_path / "truncated.webm"
+    path.write_bytes((av_dir / BUNNY).read_bytes()[:600_000])
+    prefix = read_video_audio(path, max_seconds=10.0).numpy()
+    assert len(prefix) == 160000 and len(read_video_audio(path, max_seconds=20.0)) < 14 * 16000
+    np.testing.assert_array_equal(prefix, read_video_audio(av_dir / BUNNY, max_seconds=10.0).numpy())
+
+
+@pytest.mark.parametrize("name", [NASA, BUNNY])
+def test_frames_scaled_while_converting(av_dir: Path, name: str) -> None:
+    """``short_side`` frames have ``resized_size``'s shape and stay within about a level of 255 of Pillow's bicubic
+    resize of the full frame."""
+    from PIL import Image
+
+    from equiav.image import resized_size
+
+    path = av_dir / name
+    times = [1.0, 3.3]
+    full = read_video_frames(path, times=times)
+    scaled = read_video_frames(path, times=times, short_side=224)
+    for big, small in zip(full, scaled):
+        height, width = resized_size(big.height, big.width, 224)
+        assert small.size == (width, height) and small.mode == "RGB"
+        pillow = np.asarray(big.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
+        assert np.abs(pillow - np.asarray(small)).mean() < 2.0
+    with pytest.raises(InvalidInputError, match="short_side"):
+        read_video_frames(path, short_side=0)
+
+
+def test_decoder_threads_follow_torch(av_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decoding thread where torch may use one (a data-loader worker), so workers do not oversubscribe cores."""
+    import torch
+
+    from equiav.video import _video_stream
+
+    for threads in (1, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        with av.open(str(av_dir / NASA)) as container:
+            assert _video_stream(container, NASA).codec_context.thread_count == threads
+
+
+@pytest.mark.parametrize("name", CLIPS)
 def test_middle_frame_is_the_frame_on_screen_at_mid_clip(av_dir: Path, name: str) -> None:
     path = av_dir / name
     start, end = video_span(path)
@@ -242,6 +299,8 @@ def test_invalid_arguments(av_dir: Path) -> None:
         lambda: read_video_frames(path, position="end"),
         lambda: read_video_audio(path, sample_rate=0),
         lambda: read_video_audio(path, downmix="left"),
+        lambda: read_video_audio(path, max_seconds=0),
+        lambda: read_video_audio(path, max_seconds=math.inf),
     ]
     for call in bad_calls:
         with pytest.raises(InvalidInputError):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..config import EquiAVConfig
 from ..errors import EquiAVError
-from ..video import probe_video, read_video_audio, read_video_frames
+from ..video import open_video
 from .datasets.avdigits import NUM_DIGITS
 from .datasets.config import DataConfig
 from .datasets.items import DECODE_ERRORS, BadItem
@@ -89,9 +89,10 @@ class VideoExtractor:
     def __call__(self, index: int) -> dict[str, str] | BadItem:
         entry = self.entries[index]
         try:
-            waveform = read_video_audio(entry.path, self.sample_rate)
-            times = frame_times(probe_video(entry.path), self.frames, self.clip_seconds)
-            images = read_video_frames(entry.path, times=times)
+            with open_video(entry.path) as video:
+                waveform = video.audio(self.sample_rate)
+                times = frame_times(video.info(), self.frames, self.clip_seconds)
+                images = video.frames(times=times, short_side=self.frame_size)
         except DECODE_ERRORS as error:
             return BadItem(index, str(entry.path), str(error))
         for k, image in enumerate(images):

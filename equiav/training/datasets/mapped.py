@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ...audio import load_fbank, waveform_to_fbank
+from ...audio import crop_samples, load_fbank, waveform_to_fbank
 from ...config import EquiAVConfig
 from ...image import load_image
 from ...video import open_video
@@ -182,7 +182,10 @@ class ManifestDataset(PretrainDataset):
 class VideoDataset(PretrainDataset):
     """Video files decoded on the fly with PyAV: the soundtrack (16 kHz, first channel, as CAV-MAE) and one of the
     ``frame_count`` CAV-MAE frame positions, cropped as CAV-MAE saves its frames (``extraction_crop``), so items
-    match those of a manifest written by ``prepare extract``."""
+    match those of a manifest written by ``prepare extract``.
+
+    Only what an item uses is decoded: the soundtrack up to the last sample of the kept filterbank frames
+    (``crop_samples``) and the two frames, each scaled to ``frame_size`` while FFmpeg converts it to RGB."""
 
     def __init__(self, data: DataConfig, model: EquiAVConfig, split: str) -> None:
         super().__init__(data, model, split)
@@ -200,13 +203,13 @@ class VideoDataset(PretrainDataset):
     def _clip(self, index: int, positions: list[int]) -> tuple[Tensor, list[Image.Image]]:
         """The filterbank and the frames at ``positions`` (of the ``frame_count`` CAV-MAE positions), from one open
         of the file."""
-        path = self.entries[index].path
+        path, rate, size = self.entries[index].path, self.model.sample_rate, self.data.frame_size
         with open_video(path) as video:
-            waveform = video.audio(self.model.sample_rate)
+            waveform = video.audio(rate, max_seconds=crop_samples(self.model) / rate)
             times = frame_times(video.info(), self.data.frame_count, self.data.clip_seconds)
-            frames = video.frames(times=[times[k] for k in positions])
-        fbank = waveform_to_fbank(waveform, self.model.sample_rate, self.model, source=str(path))
-        return fbank, [extraction_crop(frame, self.data.frame_size) for frame in frames]
+            frames = video.frames(times=[times[k] for k in positions], short_side=size)
+        fbank = waveform_to_fbank(waveform, rate, self.model, source=str(path))
+        return fbank, [extraction_crop(frame, size) for frame in frames]
 
     def decode(self, index: int, generator: torch.Generator) -> Decoded:
         first, second = frame_choice(self.data, self.split, self.data.frame_count, generator)
