@@ -242,6 +242,63 @@ def test_cav_mae_positions_pick_its_frame_numbers(av_dir: Path, name: str) -> No
         np.testing.assert_array_equal(np.asarray(image), reference[("i", index)])
 
 
+def test_hidden_unreferenced_frames_are_skipped_without_changing_any_frame(
+    av_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NASA's H.264 has B-frames nothing references: each frame is still exactly the brute-force one (times on a
+    frame and just before the next, each read from a fresh seek), and a far target decodes far fewer frames."""
+    import equiav.video
+    from equiav.video import _FrameCursor, _video_span, _video_stream
+
+    path = av_dir / NASA
+    fps = EXPECTED[NASA][1]
+    all_times, _ = brute_force_frames(path, times=[9.0])
+    times = [t + offset for t in all_times[150:180] for offset in (0.0, 0.9 / fps)]
+    _, reference = brute_force_frames(path, times=times)
+    for t in times:
+        np.testing.assert_array_equal(np.asarray(read_video_frame_at(path, t)), reference[("t", t)])
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        cursor = _FrameCursor(container, stream, _video_span(container, stream), path)
+        decode, decoded = equiav.video._decode_for_target, []
+        monkeypatch.setattr(
+            equiav.video,
+            "_decode_for_target",
+            lambda *args: (decoded.append(frame) or frame for frame in decode(*args)),
+        )
+        shown = cursor.frame_at(7.9)
+        assert shown.time == max(t for t in all_times if t <= 7.9)
+        cursor.close()
+    assert len(decoded) < 0.6 * sum(t <= 7.9 for t in all_times)
+
+
+def test_frame_reads_leave_nothing_to_the_garbage_collector(
+    av_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cursor and its decoding generator are freed when the read returns, while the file is still open: left
+    to the garbage collector, PyAV objects were finalized after their file closed, which crashed data-loader
+    workers forked afterwards."""
+    import gc
+    import weakref
+
+    import equiav.video
+
+    cursors = []
+
+    class TrackedCursor(equiav.video._FrameCursor):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            cursors.append(weakref.ref(self))
+
+    monkeypatch.setattr(equiav.video, "_FrameCursor", TrackedCursor)
+    gc.disable()
+    try:
+        read_video_frames(av_dir / NASA, times=[1.0, 5.0, 9.5])
+        assert len(cursors) == 1 and cursors[0]() is None
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("name", [NASA, BUNNY])
 def test_explicit_times_in_any_order(av_dir: Path, name: str) -> None:
     path = av_dir / name
