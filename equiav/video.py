@@ -8,7 +8,7 @@ then: the last frame whose timestamp is <= ``t`` (the first frame when ``t`` pre
 seeking to the nearest earlier keyframe and decoding forward, so one frame costs at most one group of pictures,
 not the whole video; frames close together are reached by decoding forward instead.
 
-Cost: decoding uses as many threads as torch may use (``torch.get_num_threads()``), so a data-loader worker, which
+Cost: decoding uses as many threads as torch may use (``torch.get_num_threads()``, at most 16), so a data-loader worker, which
 torch limits to one thread, decodes on one thread and many workers do not oversubscribe the cores. ``short_side``
 scales a frame during its colour conversion (one FFmpeg pass), far cheaper than converting the full frame and
 resizing it afterwards; ``max_seconds`` stops decoding a soundtrack once that much of it is out.
@@ -37,6 +37,8 @@ DOWNMIX_MODES = ("first", "mean")
 # CAV-MAE extracts its frames from the first 10 seconds of each clip.
 _CAV_MAE_SPAN_S = 10.0
 _TIME_EPS = 1e-6
+# FFmpeg's own cap on automatic decoder threads: frame threads beyond it only add latency to a seek.
+_MAX_DECODE_THREADS = 16
 # Decoding may stop this many seconds short of the declared end before a file counts as truncated.
 _TRUNCATION_SLACK_S = 1.0
 
@@ -296,7 +298,7 @@ def _video_stream(container: Any, path: str | os.PathLike) -> Any:
     if stream is None:
         raise VideoDecodeError(f"video {path} has no video stream")
     stream.thread_type = "AUTO"
-    stream.codec_context.thread_count = torch.get_num_threads()
+    stream.codec_context.thread_count = min(torch.get_num_threads(), _MAX_DECODE_THREADS)
     return stream
 
 
