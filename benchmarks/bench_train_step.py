@@ -224,11 +224,26 @@ def probe_memory(args: argparse.Namespace, checkpointing: bool) -> dict[str, flo
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+        peak = peak_rss_gib()
     for _ in range(args.warmup):
         runner.step(inputs)
     times = [runner.step(inputs) for _ in range(args.repeats)]
     return {"step_s": statistics.median(times), "peak_gib": peak}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory. Linux: ``VmHWM``, the high-water mark of this program's own memory;
+    ``ru_maxrss`` would also count the parent's peak, which a child inherits through ``fork`` and keeps after
+    ``exec`` (a probe started after 10-GiB timed steps reported 10 GiB whatever it did)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    divisor = 2**30 if sys.platform == "darwin" else 2**20  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / divisor
 
 
 def memory_in_subprocess(args: argparse.Namespace, checkpointing: bool) -> dict[str, float]:

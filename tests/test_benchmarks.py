@@ -21,6 +21,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import bench_fbank  # noqa: E402
 import bench_inference  # noqa: E402
+import bench_train_step  # noqa: E402
 import common  # noqa: E402
 import run_all  # noqa: E402
 
@@ -175,3 +176,16 @@ def test_package_at_revision_is_a_separate_importable_copy():
     torch.testing.assert_close(audio_before.kaldi_fbank(clip, 16000), equiav.audio.kaldi_fbank(clip, 16000))
     with pytest.raises(SystemExit, match="no-such-revision"):
         common.package_at_revision("no-such-revision", name="equiav_missing_for_test")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_peak_memory_of_a_child_is_its_own():
+    """A probe process reports its own peak, not the larger one of the process that started it."""
+    held = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this process
+    assert bench_train_step.peak_rss_gib() > 0.39
+    code = f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); import bench_train_step; print(bench_train_step.peak_rss_gib())"
+    child = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert 0 < child < bench_train_step.peak_rss_gib() - 0.3
+    del held
