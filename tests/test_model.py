@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from equiav import CheckpointError, EquiAVConfig, EquiAVModel, InvalidInputError, UnknownModelError
 from equiav.checks import all_finite
-from equiav.layers import PatchEmbed, sincos_2d
+from equiav.layers import PatchEmbed, plain_attention_pays, run_blocks, sincos_2d
 
 OUTPUT_KEYS = {
     "inter_audio": "z_a_inv",
@@ -235,6 +237,31 @@ def test_bfloat16_model_runs():
         low = model.encode_audio(audio)
     assert low.dtype == torch.bfloat16
     assert torch.nn.functional.cosine_similarity(low.float(), reference, dim=-1).min() > 0.99
+
+
+def test_plain_attention_is_chosen_only_where_it_pays():
+    x = torch.zeros(1, 512, 768, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert plain_attention_pays(x, 12) and plain_attention_pays(x.half(), 12)
+        assert not plain_attention_pays(x.float(), 12)  # float32: the fused kernel is faster
+        assert not plain_attention_pays(x.expand(2, -1, -1), 12)  # 12 MiB of attention weights
+        assert plain_attention_pays(torch.zeros(8, 197, 768, dtype=torch.bfloat16), 12)
+    assert not plain_attention_pays(x, 12)  # autograd on: training keeps the fused kernel
+
+
+def test_blocks_give_the_same_tokens_either_way_and_keep_their_setting():
+    torch.manual_seed(0)
+    model = EquiAVModel("equiav-tiny").eval()
+    blocks = model.blocks_a
+    low = copy.deepcopy(blocks).to(torch.bfloat16)
+    x = torch.randn(2, 128, model.config.embed_dim)
+    with torch.no_grad():
+        assert plain_attention_pays(x.bfloat16(), blocks[0].attn.num_heads)
+        plain = run_blocks(low, x.bfloat16()).float()
+        assert all(block.attn.fused_attn for block in low)  # put back after the call
+        reference = run_blocks(blocks, x)  # float32 takes the fused kernel
+    cosine = torch.nn.functional.cosine_similarity(plain, reference, dim=-1)
+    assert cosine.min() > 0.999
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
