@@ -8,10 +8,10 @@ then: the last frame whose timestamp is <= ``t`` (the first frame when ``t`` pre
 seeking to the nearest earlier keyframe and decoding forward, so one frame costs at most one group of pictures,
 not the whole video; frames close together are reached by decoding forward instead.
 
-Cost: decoding uses as many threads as torch may use (``torch.get_num_threads()``, at most 16), so a data-loader worker, which
-torch limits to one thread, decodes on one thread and many workers do not oversubscribe the cores. ``short_side``
-scales a frame during its colour conversion (one FFmpeg pass), far cheaper than converting the full frame and
-resizing it afterwards; ``max_seconds`` stops decoding a soundtrack once that much of it is out.
+Cost: decoding uses as many threads as torch may use (``torch.get_num_threads()``, at most 16), so a data-loader
+worker, which torch limits to one thread, decodes on one thread and many workers do not oversubscribe the cores.
+``short_side`` scales a frame during its colour conversion (one FFmpeg pass), far cheaper than converting the full
+frame and resizing it afterwards; ``max_seconds`` stops decoding a soundtrack once that much of it is out.
 """
 
 from __future__ import annotations
