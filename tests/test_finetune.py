@@ -297,6 +297,13 @@ def test_boolean_options_can_be_turned_off_and_recipes_resolve() -> None:
     assert config_from_args(["--recipe", "vggsound", *base])[0].model_overrides["audio_mean"] == -4.956
     with pytest.raises(ConfigError, match="mixup"):
         config_from_args([*base, "--mixup", "1.5"])
+    for option, value, message in (
+        ("--optim.warmup-steps", "-1", r"--optim\.warmup-steps must be at least 0, got -1"),
+        ("--eval-batch-size", "0", "--eval-batch-size must be at least 1"),
+        ("--max-steps", "0", "--max-steps must be at least 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            config_from_args([*base, option, value])
 
 
 # ------------------------------------------------------------------------------------------------- AV-digits

@@ -153,6 +153,13 @@ def test_config_file_then_command_line_precedence(tmp_path):
         ({"data": {"path": "x"}}, [], "--data.kind"),
         ({"data": {"kind": "avdigits", "path": "x"}, "model_overrides": {"depht": 1}}, [], "depht"),
         ({"data": {"kind": "avdigits", "path": "x"}}, ["--keep-last", "0"], "--keep-last"),
+        (
+            {"data": {"kind": "avdigits", "path": "x"}},
+            ["--optim.warmup-steps", "-1"],
+            "--optim.warmup-steps must",
+        ),
+        ({"data": {"kind": "avdigits", "path": "x"}}, ["--max-steps", "0"], "--max-steps must be at least 1"),
+        ({"data": {"kind": "avdigits", "path": "x"}}, ["--epochs", "0"], "--epochs must be positive"),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_option(tmp_path, content, argv, message):

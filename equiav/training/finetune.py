@@ -76,7 +76,7 @@ from .launch import (
 from .logger import TrainingLogger
 from .loop import Position, ShardSampler, TrainingState, autocast_context
 from .metrics import classification_metrics, gather_predictions, shard
-from .options import add_options, config_from_layers, read_config_file
+from .options import add_options, check_minimums, check_run_length, config_from_layers, read_config_file
 from .pretrain import OptimConfig
 from .schedule import WarmupCosineSchedule
 
@@ -113,6 +113,23 @@ class FinetuneOptimConfig(OptimConfig):
     clip_grad_norm: float = 0.0
     warmup_epochs: float = 1.0
     head_lr_scale: float = 50.0
+
+
+# Smallest allowed value of each integer option (None, where allowed, means "not set").
+_MINIMUMS = {
+    "batch_size": 1,
+    "eval_batch_size": 1,
+    "head_hidden_dim": 1,
+    "max_steps": 1,
+    "checkpoint_every_steps": 1,
+    "keep_last": 1,
+    "log_every": 1,
+    "num_workers": 0,
+    "val_every": 0,
+    "max_val_items": 0,
+    "optim.grad_accum": 1,
+    "optim.warmup_steps": 0,
+}
 
 
 @dataclass
@@ -207,24 +224,8 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, value, low in (
-            ("batch_size", self.batch_size, 1),
-            ("eval_batch_size", self.eval_batch_size, 1),
-            ("head_hidden_dim", self.head_hidden_dim, 1),
-            ("checkpoint_every_steps", self.checkpoint_every_steps, 1),
-            ("keep_last", self.keep_last, 1),
-            ("log_every", self.log_every, 1),
-            ("num_workers", self.num_workers, 0),
-            ("val_every", self.val_every, 0),
-            ("max_val_items", self.max_val_items, 0),
-            ("optim.grad_accum", self.optim.grad_accum, 1),
-        ):
-            if value < low:
-                raise ConfigError(f"option --{name.replace('_', '-')} must be at least {low}, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"option --max-steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ConfigError(f"option --epochs must be positive (or set --max-steps), got {self.epochs}")
+        check_minimums(self, _MINIMUMS)
+        check_run_length(self.max_steps, self.epochs)
         if not 0.0 <= self.mixup <= 1.0 or self.mixup_alpha <= 0:
             raise ConfigError(
                 f"--mixup must be in [0, 1] and --mixup-alpha positive, got {self.mixup}, {self.mixup_alpha}"

@@ -24,6 +24,22 @@ def option_name(dotted: str) -> str:
     return dotted.replace("_", "-")
 
 
+def check_minimums(config: Any, minimums: dict[str, int]) -> None:
+    """Raise ``ConfigError`` naming the first (dotted) field of ``config`` below its minimum; None is not checked."""
+    for dotted, low in minimums.items():
+        value = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value is not None and value < low:
+            raise ConfigError(f"option --{option_name(dotted)} must be at least {low}, got {value}")
+
+
+def check_run_length(max_steps: int | None, epochs: float) -> None:
+    """A run is as long as ``max_steps`` when given, else ``epochs`` (which must then be positive)."""
+    if max_steps is None and not epochs > 0:
+        raise ConfigError(f"option --epochs must be positive (or set --max-steps), got {epochs}")
+
+
 def _field_help(cls: type) -> dict[str, str]:
     """Per-field help from the class docstring's ``* ``name``: text`` bullets."""
     text = cls.__doc__ or ""

@@ -64,7 +64,13 @@ from .launch import (
 from .logger import TrainingLogger
 from .loop import Position, ShardSampler, TrainingState, autocast_context
 from .losses import EquiAVLoss
-from .options import add_options, config_from_layers, option_name, read_config_file
+from .options import (
+    add_options,
+    check_minimums,
+    check_run_length,
+    config_from_layers,
+    read_config_file,
+)
 from .schedule import WarmupCosineSchedule
 
 log = logging.getLogger("equiav.pretrain")
@@ -153,6 +159,21 @@ class LossConfig:
     faithful: bool = False
 
 
+# Smallest allowed value of each integer option (None, where allowed, means "not set").
+_MINIMUMS = {
+    "batch_size": 1,
+    "max_steps": 1,
+    "optim.grad_accum": 1,
+    "optim.warmup_steps": 0,
+    "checkpoint_every_steps": 1,
+    "keep_last": 1,
+    "log_every": 1,
+    "num_workers": 0,
+    "val_every": 0,
+    "val_batches": 0,
+}
+
+
 @dataclass
 class PretrainConfig:
     """Everything a pretraining run needs; the JSON config file holds these fields (nested as objects).
@@ -221,25 +242,8 @@ class PretrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        checks = [
-            ("batch_size", self.batch_size, 1),
-            ("optim.grad_accum", self.optim.grad_accum, 1),
-            ("checkpoint_every_steps", self.checkpoint_every_steps, 1),
-            ("keep_last", self.keep_last, 1),
-            ("log_every", self.log_every, 1),
-            ("num_workers", self.num_workers, 0),
-            ("val_every", self.val_every, 0),
-            ("val_batches", self.val_batches, 0),
-        ]
-        if self.max_steps is not None:
-            checks.append(("max_steps", self.max_steps, 1))
-        if self.optim.warmup_steps is not None:
-            checks.append(("optim.warmup_steps", self.optim.warmup_steps, 0))
-        for name, value, low in checks:
-            if value < low:
-                raise ConfigError(f"option --{option_name(name)} must be at least {low}, got {value}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ConfigError(f"option --epochs must be positive (or set --max-steps), got {self.epochs}")
+        check_minimums(self, _MINIMUMS)
+        check_run_length(self.max_steps, self.epochs)
         if self.optim.warmup_epochs < 0 or self.optim.clip_grad_norm < 0:
             raise ConfigError("options --optim.warmup-epochs and --optim.clip-grad-norm must be non-negative")
         self.model_config()
