@@ -181,11 +181,11 @@ def test_package_at_revision_is_a_separate_importable_copy():
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_peak_memory_of_a_child_is_its_own():
     """A probe process reports its own peak, not the larger one of the process that started it."""
-    held = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this process
-    assert bench_train_step.peak_rss_gib() > 0.39
+    held = np.ones(2**30 // 8)  # 1 GiB resident in this process
+    assert bench_train_step.peak_rss_gib() > 1.0
     code = f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); import bench_train_step; print(bench_train_step.peak_rss_gib())"
     child = float(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
-    assert 0 < child < bench_train_step.peak_rss_gib() - 0.3
+    assert 0 < child < bench_train_step.peak_rss_gib() - 0.6
     del held
