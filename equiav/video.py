@@ -197,16 +197,16 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_audio_options(sample_rate: int, downmix: str, max_seconds: float | None = None) -> None:
     if not _is_positive_int(sample_rate):
         raise InvalidInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     if downmix not in DOWNMIX_MODES:
         raise InvalidInputError(f"downmix must be one of {DOWNMIX_MODES}, got {downmix!r}")
-    if max_seconds is not None and (
-        isinstance(max_seconds, bool)
-        or not isinstance(max_seconds, numbers.Real)
-        or not (0 < max_seconds < math.inf)
-    ):
+    if max_seconds is not None and not (_is_finite_number(max_seconds) and max_seconds > 0):
         raise InvalidInputError(
             f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}"
         )
@@ -346,7 +346,7 @@ def _checked_times(times: Sequence[float], start: float, end: float, path: str |
         raise InvalidInputError(f"times must be a non-empty list of seconds, got {times!r}")
     checked = []
     for value in times:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not _is_finite_number(value):
             raise InvalidInputError(f"times must hold finite numbers of seconds, got {value!r}")
         if value < 0 or value > end + _TIME_EPS:
             raise InvalidInputError(
