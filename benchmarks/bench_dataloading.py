@@ -7,12 +7,14 @@ vectors for the centroid. Two sources are timed:
 * ``manifest``: the authors' layout (``frame_{k}/{id}.jpg`` + 16 kHz WAV + JSON manifest), written first with
   ``python -m equiav.training.prepare extract`` from the videos, the WAV files then cut (or looped) to 10 s as
   AudioSet clips;
-* ``videos``: the same videos decoded on the fly with PyAV (their full soundtracks, as the dataset reads them).
+* ``videos``: the same videos decoded on the fly with PyAV (the start of each soundtrack and one frame, as the
+  dataset reads them).
 
 The videos are ``--videos`` (default: the shared ``data/av`` folder); when that folder is missing (e.g. on a GPU machine
 without the shared data) three synthetic 10-s videos are written with PyAV instead. Per stage, the script replays the
 dataset's own calls one stage at a time on the same files (single thread, as in a data-loader worker) and names the
-slowest; per worker it times ``dataset[i]`` in this process; with N workers it times a ``DataLoader`` over
+slowest; for videos it also times the codec alone on the same frames (the floor of the frame stage); per worker it times
+``dataset[i]`` in this process; with N workers it times a ``DataLoader`` over
 ``--items`` examples (the workers' start-up excluded). The goal is 500 examples/s from 16 cores (one H100 at the
 paper's model size).
 
@@ -54,7 +56,7 @@ from equiav.training.data import DataConfig, build_pretrain_dataset, collate_pre
 from equiav.training.datasets.items import pil_to_unit_tensor  # noqa: E402
 from equiav.training.datasets.sources import extraction_crop, frame_times  # noqa: E402
 from equiav.training.prepare import main as prepare_main  # noqa: E402
-from equiav.video import probe_video, read_video_audio, read_video_frames  # noqa: E402
+from equiav.video import open_video, probe_video, read_video_audio  # noqa: E402
 
 GOAL_EXAMPLES_PER_S = 500
 GOAL_CORES = 16
@@ -175,8 +177,9 @@ def stage_runs(dataset, kind: str, cfg: EquiAVConfig) -> tuple[dict[str, Callabl
         size = dataset.data.frame_size
 
         def frame_of(path: Path):
-            times = frame_times(probe_video(path), dataset.data.frame_count, dataset.data.clip_seconds)
-            [frame] = read_video_frames(path, times=[times[len(times) // 2]], short_side=size)
+            with open_video(path) as video:
+                times = frame_times(video.info(), dataset.data.frame_count, dataset.data.clip_seconds)
+                [frame] = video.frames(times=[times[len(times) // 2]], short_side=size)
             return extraction_crop(frame, size)
 
         decode_frame = [lambda p=p: frame_of(p) for p in paths]
@@ -225,6 +228,38 @@ def time_stages(dataset, kind: str, cfg: EquiAVConfig, repeats: int, warmup: int
         f"  {kind:>8} slowest stage: {slowest} ({seconds[slowest] * 1e3:.2f} ms of {total * 1e3:.2f} ms summed)"
     )
     return seconds
+
+
+def decode_with_codec_alone(path: Path, time: float) -> None:
+    """Decode the frame on screen at ``time`` with PyAV alone: seek to the keyframe before it and decode every frame
+    up to it on one thread, with no frame skipped and no colour conversion."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.best("video")
+        stream.codec_context.thread_count = 1
+        container.seek(int(time / float(stream.time_base)), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time > time:
+                return
+
+
+def time_codec_floor(dataset, stages: dict[str, float], repeats: int, warmup: int) -> float:
+    """Seconds per example of the frame stage's frames decoded by the codec alone, printed against the stage."""
+    paths = sorted({dataset.entries[i].path for i in range(len(dataset))})
+    data = dataset.data
+    middles = [
+        frame_times(probe_video(p), data.frame_count, data.clip_seconds)[data.frame_count // 2] for p in paths
+    ]
+    timing = time_call(
+        lambda: [decode_with_codec_alone(p, t) for p, t in zip(paths, middles)], repeats, warmup
+    )
+    floor = timing.median_wall / len(paths)
+    print(
+        f"    videos frame decode by the codec alone (PyAV: seek, decode every frame up to it, 1 thread, no colour "
+        f"conversion): {floor * 1e3:.2f} ms per example; the frame stage takes {stages['frame decode'] / floor:.2f}x that"
+    )
+    return floor
 
 
 def time_worker(dataset, repeats: int, warmup: int) -> float:
@@ -327,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset = build_pretrain_dataset(sources[kind], cfg, "train")
             print(f"\n{kind}: {len(dataset)} items")
             stages = time_stages(dataset, kind, cfg, args.repeats, args.warmup)
+            floor = time_codec_floor(dataset, stages, args.repeats, args.warmup) if kind == "videos" else None
             per_example = time_worker(dataset, args.repeats, args.warmup)
             per_worker = 1 / per_example
             print(
@@ -345,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             results[kind] = {
                 "stages_s": stages,
                 "slowest_stage": max(stages, key=stages.get),
+                "frame_decode_codec_alone_s": floor,
                 "per_worker_examples_per_s": per_worker,
                 "loader_examples_per_s": loaders,
             }

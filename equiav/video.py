@@ -16,6 +16,7 @@ frame and resizing it afterwards; ``max_seconds`` stops decoding a soundtrack on
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import os
@@ -41,6 +42,8 @@ _TIME_EPS = 1e-6
 _MAX_DECODE_THREADS = 16
 # Decoding may stop this many seconds short of the declared end before a file counts as truncated.
 _TRUNCATION_SLACK_S = 1.0
+# Samples per resampled chunk (0.5 s at 16 kHz): decoding runs at most one chunk past ``max_seconds``.
+_RESAMPLED_CHUNK = 8192
 
 
 def _import_av() -> ModuleType:
@@ -162,22 +165,21 @@ def _decode_audio(
     """Decode and resample the best audio stream. With ``max_seconds``, decoding stops as soon as the resampler has
     put out that many samples; the resampler is then not flushed (flushing pads its filter with silence), so the
     samples kept equal the start of the whole soundtrack's, bit for bit."""
-    av = _import_av()
     stream = container.streams.best("audio")
     if stream is None:
         raise VideoDecodeError(f"video {path} has no audio stream")
     declared = stream.duration * float(stream.time_base) if stream.duration else None
     wanted = None if max_seconds is None else math.ceil(max_seconds * sample_rate)
-    resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+    resampler = _Resampler(sample_rate, first_channel=downmix == "first", path=path)
     chunks, count = [], 0
     for frame in container.decode(stream):
-        for chunk in resampler.resample(frame):
-            chunks.append(chunk.to_ndarray())
-            count += chunks[-1].shape[1]
+        for chunk in resampler.push(frame):
+            chunks.append(chunk)
+            count += chunk.shape[1]
         if wanted is not None and count >= wanted:
             break
     else:
-        chunks.extend(chunk.to_ndarray() for chunk in resampler.resample(None))
+        chunks.extend(resampler.push(None))
     if not chunks:
         raise VideoDecodeError(f"video {path}: its audio stream holds no decodable samples")
     channels = np.concatenate(chunks, axis=1)[:, :wanted]
@@ -191,6 +193,81 @@ def _decode_audio(
         )
     mono = channels[0] if downmix == "first" else channels.mean(axis=0)
     return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+
+
+class _Resampler:
+    """FFmpeg's resampler to planar float32 at ``rate`` (what ``aformat`` inserts, as ``ffmpeg -ar`` does), built from
+    the first frame pushed.
+
+    With ``first_channel`` a ``pan`` channel copy in front keeps only the first channel, so one channel is resampled
+    instead of all; FFmpeg resamples every channel alike, so the samples equal the first channel of a full resample
+    bit for bit. Output comes in chunks of ``_RESAMPLED_CHUNK`` samples (the last one shorter, on the flush), so a
+    soundtrack is converted to numpy in tens of pieces instead of one per codec frame. Frames that are planar
+    float32 at ``rate`` already pass through as they are, without a filter graph.
+    """
+
+    def __init__(self, rate: int, first_channel: bool, path: str | os.PathLike) -> None:
+        self._rate, self._first_channel, self._path = rate, first_channel, path
+        self._av = _import_av()
+        self._graph: Any = None
+        self._source: tuple[str, str, int] | None = None
+
+    def push(self, frame: Any) -> list[np.ndarray]:
+        """Feed one decoded frame (``None`` flushes) and return the (channels, samples) chunks that are complete."""
+        if frame is not None:
+            source = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if self._source is None:
+                self._source = source
+                if (frame.format.name, frame.sample_rate) != ("fltp", self._rate):
+                    self._graph = self._build(frame)
+            elif source != self._source:
+                raise VideoDecodeError(
+                    f"video {self._path}: the audio format changes mid-stream, from {self._source} to {source} "
+                    "(sample format, channel layout, rate)"
+                )
+            if self._graph is None:
+                samples = frame.to_ndarray()
+                return [samples[:1] if self._first_channel else samples]
+        elif self._graph is None:
+            return []
+        self._graph.push(frame)
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._graph.pull().to_ndarray())
+            except EOFError:
+                break
+            except self._av.FFmpegError as error:
+                if error.errno != errno.EAGAIN:
+                    raise
+                break
+        return chunks
+
+    def _build(self, frame: Any) -> Any:
+        graph = self._av.filter.Graph()
+        buffer_args = {"time_base": str(frame.time_base)} if frame.time_base is not None else {}
+        last = graph.add(
+            "abuffer",
+            sample_rate=str(frame.sample_rate),
+            sample_fmt=frame.format.name,
+            channel_layout=frame.layout.name,
+            **buffer_args,
+        )
+        layout = frame.layout.name
+        if self._first_channel and len(frame.layout.channels) > 1:
+            layout = "mono"
+            pan = graph.add("pan", "mono|c0=c0")
+            last.link_to(pan)
+            last = pan
+        convert = graph.add(
+            "aformat", sample_rates=str(self._rate), sample_fmts="fltp", channel_layouts=layout
+        )
+        sink = graph.add("abuffersink")
+        last.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        graph.set_audio_frame_size(_RESAMPLED_CHUNK)
+        return graph
 
 
 def _is_positive_int(value: object) -> bool:

@@ -194,6 +194,36 @@ def write_video(
     return path
 
 
+def write_video_with_sound(path: Path, codec: str, rate: int, layout: str, sample_format: str) -> Path:
+    """A 1.3-s video (one black 64x48 MPEG-4 frame a tenth of a second) whose soundtrack is encoded with ``codec``
+    from frames of ``sample_format`` (planar or packed), one tone per channel of ``layout`` (200, 300, ... Hz)."""
+    import av
+
+    channels = len(av.AudioLayout(layout).channels)
+    time = np.arange(int(rate * 1.3)) / rate
+    sound = np.stack([0.3 * np.sin(2 * np.pi * (200 + 100 * k) * time) for k in range(channels)])
+    packed = not av.AudioFormat(sample_format).is_planar
+    dtype = np.int16 if sample_format.startswith("s16") else np.float32
+    scale = 32767 if dtype == np.int16 else 1
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream(codec, rate=rate, layout=layout)
+        picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+        chunks = []
+        for start in range(0, sound.shape[1], 1024):
+            block = (sound[:, start : start + 1024] * scale).astype(dtype)
+            data = np.ascontiguousarray(block.T.reshape(1, -1) if packed else block)
+            chunk = av.AudioFrame.from_ndarray(data, format=sample_format, layout=layout)
+            chunk.sample_rate, chunk.pts, chunk.time_base = rate, start, Fraction(1, rate)
+            chunks.append(chunk)
+        for stream, frames in ((video, [picture] * 13), (audio, chunks)):
+            for frame in [*frames, None]:
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Weights
 # ----------------------------------------------------------------------------------------------------------------

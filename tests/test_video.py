@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
+from corpus import write_video_with_sound
 
 from equiav.errors import InvalidInputError, VideoDecodeError
 from equiav.video import open_video, probe_video, read_video_audio, read_video_frame_at, read_video_frames
@@ -69,7 +70,10 @@ def remux(source: Path, target: Path, kind: str) -> Path:
     """Copy one stream of ``source`` into a new file (no re-encoding), e.g. to make a video without audio."""
     with av.open(str(source)) as inp, av.open(str(target), "w") as out:
         stream = inp.streams.best(kind)
-        out_stream = out.add_stream_from_template(stream)
+        if hasattr(out, "add_stream_from_template"):
+            out_stream = out.add_stream_from_template(stream)
+        else:  # PyAV < 14
+            out_stream = out.add_stream(template=stream)
         for packet in inp.demux(stream):
             if packet.dts is not None:
                 packet.stream = out_stream
@@ -161,6 +165,68 @@ def test_audio_prefix_is_the_start_of_the_whole_soundtrack(av_dir: Path, name: s
     with open_video(path) as video:
         video.frames(times=[0.5])
         np.testing.assert_array_equal(video.audio(max_seconds=0.5).numpy(), whole[:8000])
+
+
+@pytest.mark.parametrize("name", CLIPS)
+@pytest.mark.parametrize("rate", [16000, 22050])
+def test_resampled_first_channel_equals_ffmpegs_resampling_of_all_channels(
+    av_dir: Path, name: str, rate: int
+) -> None:
+    """Only the first channel is resampled (``downmix="first"``); FFmpeg's resampler treats each channel alike, so
+    the samples equal the first channel of PyAV's own resampler run on all channels, flush included, bit for bit;
+    ``"mean"`` averages all resampled channels."""
+    with av.open(str(av_dir / name)) as container:
+        resampler = av.AudioResampler(format="fltp", rate=rate)
+        stream = container.streams.best("audio")
+        chunks = [
+            chunk.to_ndarray() for frame in container.decode(stream) for chunk in resampler.resample(frame)
+        ]
+        chunks += [chunk.to_ndarray() for chunk in resampler.resample(None)]
+    channels = np.concatenate(chunks, axis=1)
+    assert channels.shape[0] == 2
+    np.testing.assert_array_equal(read_video_audio(av_dir / name, sample_rate=rate).numpy(), channels[0])
+    mean = read_video_audio(av_dir / name, sample_rate=rate, downmix="mean").numpy()
+    np.testing.assert_array_equal(mean, channels.mean(axis=0, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("codec", "rate", "layout", "sample_format"),
+    [
+        ("pcm_s16le", 48000, "5.1", "s16"),
+        ("flac", 44100, "stereo", "s16"),
+        ("pcm_f32le", 22050, "stereo", "flt"),
+    ],
+)
+def test_first_channel_of_other_sample_formats_and_layouts(
+    tmp_path: Path, codec: str, rate: int, layout: str, sample_format: str
+) -> None:
+    """Packed integer and float samples and six channels: the first channel still equals FFmpeg's full resample."""
+    path = write_video_with_sound(tmp_path / "clip.mkv", codec, rate, layout, sample_format)
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="fltp", rate=16000)
+        decoded = list(container.decode(container.streams.best("audio")))
+        chunks = [chunk.to_ndarray() for frame in [*decoded, None] for chunk in resampler.resample(frame)]
+    assert decoded[0].format.name == sample_format and len(decoded[0].layout.channels) > 1
+    channels = np.concatenate(chunks, axis=1)
+    np.testing.assert_array_equal(read_video_audio(path).numpy(), channels[0])
+    np.testing.assert_array_equal(read_video_audio(path, downmix="mean").numpy(), channels.mean(axis=0))
+
+
+def test_audio_format_changing_mid_stream_is_an_error() -> None:
+    from equiav.video import _Resampler
+
+    def frame(channels: int, layout: str) -> object:
+        made = av.AudioFrame.from_ndarray(
+            np.zeros((channels, 1024), np.float32), format="fltp", layout=layout
+        )
+        made.sample_rate = 44100
+        return made
+
+    resampler = _Resampler(16000, first_channel=True, path="clip.mp4")
+    assert resampler.push(None) == []
+    resampler.push(frame(2, "stereo"))
+    with pytest.raises(VideoDecodeError, match=r"clip\.mp4: the audio format changes mid-stream"):
+        resampler.push(frame(1, "mono"))
 
 
 def test_audio_prefix_of_a_truncated_file(av_dir: Path, tmp_path: Path) -> None:
