@@ -10,13 +10,14 @@ vectors for the centroid. Two sources are timed:
 * ``videos``: the same videos decoded on the fly with PyAV (the start of each soundtrack and one frame, as the
   dataset reads them).
 
-The videos are ``--videos`` (default: the shared ``data/av`` folder); when that folder is missing (e.g. on a GPU machine
-without the shared data) three synthetic 10-s videos are written with PyAV instead. Per stage, the script replays the
-dataset's own calls one stage at a time on the same files (single thread, as in a data-loader worker) and names the
-slowest; for videos it also times the codec alone on the same frames (the floor of the frame stage); per worker it times
-``dataset[i]`` in this process; with N workers it times a ``DataLoader`` over
-``--items`` examples (the workers' start-up excluded). The goal is 500 examples/s from 16 cores (one H100 at the
-paper's model size).
+The videos are ``--videos`` (default: the shared ``data/av`` folder); with ``--videos synthetic``, or when the folder is
+missing (e.g. on a GPU machine without the shared data), three synthetic 10-s videos are written with PyAV instead
+(320 x 240 H.264 at 25 fps, one keyframe per clip with libx264's defaults, and 44.1 kHz stereo AAC). Per stage, the
+script replays the dataset's own calls one stage at a time on the same files (single thread, as in a data-loader
+worker) and names the slowest; for videos it also times the codec alone on the same frames (the floor of the frame
+stage); per worker it times ``dataset[i]`` in this process; with N workers it times a ``DataLoader`` over ``--items``
+examples (the workers' start-up excluded). The goal is 500 examples/s from 16 cores (one H100 at the paper's model
+size).
 
     python benchmarks/bench_dataloading.py --workers 2
 """
@@ -296,8 +297,10 @@ def data_sources(args: argparse.Namespace, root: Path, items: int) -> dict[str, 
             "manifest": DataConfig(kind="manifest", path=str(write_synthetic_layout(root / "layout", items)))
         }
     videos = args.videos or shared_videos()
-    if not videos.is_dir():
-        print(f"videos: {videos} not found, writing synthetic 10-s videos")
+    if str(videos) == "synthetic" or not videos.is_dir():
+        print(
+            f"videos: {videos}{'' if str(videos) == 'synthetic' else ' not found'}, writing synthetic 10-s videos"
+        )
         try:
             videos = write_synthetic_videos(root / "videos")
         except (av.FFmpegError, ValueError) as error:
@@ -319,7 +322,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_arguments(parser, repeats=5, warmup=1, device=False)
     parser.add_argument("--preset", default="equiav-base", help="model preset whose inputs to make")
     parser.add_argument(
-        "--videos", type=Path, default=None, help="folder of videos (default: shared data/av)"
+        "--videos",
+        type=Path,
+        default=None,
+        help="folder of videos, or 'synthetic' for three written here (default: shared data/av, else synthetic)",
     )
     parser.add_argument(
         "--workers", type=int, nargs="+", default=None, help="DataLoader workers (default: CPU count)"
