@@ -95,9 +95,11 @@ def infer_config(
 ) -> EquiAVConfig:
     """Architecture sizes read off the tensor shapes; what shapes cannot tell comes from ``base`` or ``overrides``.
 
-    Shapes fix the embedding, depth, patch, augmentation, predictor and head sizes. They cannot fix the number of
-    attention heads of the towers (default: ``embed_dim // 64``, the ViT convention), nor how the audio tokens split
-    into time and frequency (default: ``num_mel_bins`` from ``base``).
+    Shapes fix the embedding, depth, patch, image, augmentation, predictor and head sizes. They cannot fix the number
+    of attention heads of the towers (default: ``embed_dim // 64``, the ViT convention), nor how the audio tokens split
+    into time and frequency (default: ``num_mel_bins`` from ``base``), nor how the predictor's cross-attention width
+    splits into heads (default: ``base.cross_attn_heads``, 8, which the authors' code always uses). An image size other
+    than the base's is resized to that size before its center crop, as the authors' code does.
     """
     base = base or EquiAVConfig()
     sd = strip_prefixes(state_dict)
@@ -120,8 +122,9 @@ def infer_config(
         mlp_ratio=shape("blocks_a.0.mlp.fc1.weight")[0] / embed_dim,
     )
     if "pos_embed_v" in sd:
-        side = int(round(shape("pos_embed_v")[1] ** 0.5))
-        values.update(image_size=side * patch, image_resize=max(base.image_resize, side * patch))
+        size = int(round(shape("pos_embed_v")[1] ** 0.5)) * patch
+        # A size other than the base's gets the authors' preprocessing, Resize(size) + CenterCrop(size).
+        values.update(image_size=size, image_resize=base.image_resize if base.image_size == size else size)
     if "pos_embed_a" in sd:
         rows = overrides.get("num_mel_bins", base.num_mel_bins) // patch
         values.update(target_length=shape("pos_embed_a")[1] // rows * patch)

@@ -99,6 +99,65 @@ def test_finetune_checkpoint_needs_backbone_only(official_dir, parity):
     torch.testing.assert_close(model.norm_v.bias, raw["__M__.norm_v.bias"])
 
 
+ARCHITECTURE_FIELDS = (
+    "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "in_chans", "audio_aug_dim", "visual_aug_dim",
+    "aug_embed_dim", "cross_attn_heads", "cross_attn_head_dim", "cross_attn_mlp_ratio", "proj_hidden_dim",
+    "intra_proj_dim", "inter_proj_dim", "num_mel_bins", "target_length", "image_size", "image_resize",
+)  # fmt: skip
+
+
+def authors_layout(model: EquiAVModel, prefix: str) -> dict[str, torch.Tensor]:
+    """The model's weights as the authors' code saves them: a prefix on every key and, in every block, the four
+    per-modality LayerNorms their block class creates and never uses."""
+    state = {prefix + key: value.clone() for key, value in model.state_dict().items()}
+    for tower in ("a", "v"):
+        for block in range(model.config.depth):
+            for norm in ("norm1_a", "norm1_v", "norm2_a", "norm2_v"):
+                state[f"{prefix}blocks_{tower}.{block}.{norm}.weight"] = torch.ones(model.config.embed_dim)
+                state[f"{prefix}blocks_{tower}.{block}.{norm}.bias"] = torch.zeros(model.config.embed_dim)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("sizes", "told"),
+    [
+        # 2 heads of 64: what the shapes cannot tell (heads, mel bins) matches the defaults for this width.
+        (dict(embed_dim=128, num_heads=2, depth=3, mlp_ratio=2.0, aug_embed_dim=48, cross_attn_head_dim=16,
+              cross_attn_mlp_ratio=1.0, proj_hidden_dim=96, intra_proj_dim=24, inter_proj_dim=40, image_size=96,
+              image_resize=96, target_length=256), {}),
+        # 3 heads of 32, 8-pixel patches, 64 mel bins: the heads and mel bins must be told. (The authors' code always
+        # builds its cross-attention with 8 heads, which the loader assumes; only their width shows in the shapes.)
+        (dict(embed_dim=96, num_heads=3, depth=2, patch_size=8, proj_hidden_dim=64, intra_proj_dim=16,
+              inter_proj_dim=16, image_size=64, image_resize=64, num_mel_bins=64, target_length=96),
+         dict(num_heads=3, num_mel_bins=64)),
+        # A base config given whole (as equiav's own checkpoints store one) also keeps its preprocessing.
+        (dict(embed_dim=64, num_heads=4, depth=1, image_size=64, image_resize=72, target_length=64), "config"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("prefix", ["__M__.", "module."])
+def test_checkpoints_of_other_sizes_load_with_the_architecture_their_shapes_give(
+    tmp_path, sizes, told, prefix
+):
+    """An authors' checkpoint of any size, not only the released one's, loads from its tensor shapes (plus what
+    shapes cannot tell, passed as overrides) and computes exactly what the model that wrote it computes."""
+    config = EquiAVConfig(**sizes)
+    torch.manual_seed(0)
+    source = EquiAVModel(config).eval()
+    path = tmp_path / "checkpoint.pth"
+    torch.save(authors_layout(source, prefix), path)
+    loaded = EquiAVModel.from_pretrained(path, **({"config": config} if told == "config" else told)).eval()
+    assert {f: getattr(loaded.config, f) for f in ARCHITECTURE_FIELDS} == {
+        f: getattr(config, f) for f in ARCHITECTURE_FIELDS
+    }
+    generator = torch.Generator().manual_seed(1)
+    fbank = torch.randn(2, config.target_length, config.num_mel_bins, generator=generator)
+    pixels = torch.randn(2, 3, config.image_size, config.image_size, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_audio(fbank), source.encode_audio(fbank), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.encode_image(pixels), source.encode_image(pixels), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.audio_tokens(fbank), source.audio_tokens(fbank), rtol=0, atol=0)
+
+
 def test_strict_loading_lists_problems(official_dir, tmp_path):
     state = torch.load(official_dir / "pretrain_checkpoint.pth", map_location="cpu", weights_only=True)
     del state["__M__.pred_a_inter.fc1.weight"]
