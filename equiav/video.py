@@ -318,7 +318,8 @@ def read_video_audio(
     """Decode the soundtrack of a video (or any media file) to a mono float32 waveform at ``sample_rate``.
 
     Resampling uses FFmpeg's resampler, as ``ffmpeg -ar`` does. ``downmix="first"`` keeps the first channel, which is
-    what CAV-MAE's extraction (and so EquiAV's training data) used; ``"mean"`` averages the channels. The waveform
+    what CAV-MAE's extraction (and so EquiAV's training data) used, and resamples only that channel (the samples are
+    those of a resample of all channels); ``"mean"`` averages the resampled channels. The waveform
     starts at the first decoded sample (a late-starting audio stream is not padded). ``max_seconds`` keeps only the
     first ``ceil(max_seconds * sample_rate)`` samples and stops decoding there; they equal the start of the whole
     waveform exactly. Raises ``VideoDecodeError`` when the file has no audio stream or no decodable audio, or
