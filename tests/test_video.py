@@ -341,8 +341,8 @@ def test_hidden_unreferenced_frames_are_skipped_without_changing_any_frame(
 def test_frame_reads_leave_nothing_to_the_garbage_collector(
     av_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The cursor and its decoding generator are freed when the read returns, while the file is still open: left
-    to the garbage collector, PyAV objects were finalized after their file closed, which crashed data-loader
+    """The cursor and its decoding generator, and the soundtrack's filter graph, are freed when the read returns:
+    left to the garbage collector, PyAV objects were finalized after their file closed, which crashed data-loader
     workers forked afterwards."""
     import gc
     import weakref
@@ -356,11 +356,22 @@ def test_frame_reads_leave_nothing_to_the_garbage_collector(
             super().__init__(*args)
             cursors.append(weakref.ref(self))
 
+    graphs = []
+    build = equiav.video._Resampler._build
+
+    def tracked_build(resampler, frame):
+        graph = build(resampler, frame)
+        graphs.append(weakref.ref(graph))
+        return graph
+
     monkeypatch.setattr(equiav.video, "_FrameCursor", TrackedCursor)
+    monkeypatch.setattr(equiav.video._Resampler, "_build", tracked_build)
     gc.disable()
     try:
         read_video_frames(av_dir / NASA, times=[1.0, 5.0, 9.5])
         assert len(cursors) == 1 and cursors[0]() is None
+        read_video_audio(av_dir / BUNNY, max_seconds=2.0)  # stops mid-stream, its resampler's graph unflushed
+        assert len(graphs) == 1 and graphs[0]() is None
     finally:
         gc.enable()
 
