@@ -167,6 +167,15 @@ def test_audio_prefix_is_the_start_of_the_whole_soundtrack(av_dir: Path, name: s
         np.testing.assert_array_equal(video.audio(max_seconds=0.5).numpy(), whole[:8000])
 
 
+def resampled_by_pyav(path: Path, rate: int) -> tuple[np.ndarray, object]:
+    """All channels of the best audio stream through PyAV's own resampler (flushed), and the first decoded frame."""
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="fltp", rate=rate)
+        decoded = list(container.decode(container.streams.best("audio")))
+        chunks = [chunk.to_ndarray() for frame in [*decoded, None] for chunk in resampler.resample(frame)]
+    return np.concatenate(chunks, axis=1), decoded[0]
+
+
 @pytest.mark.parametrize("name", CLIPS)
 @pytest.mark.parametrize("rate", [16000, 22050])
 def test_resampled_first_channel_equals_ffmpegs_resampling_of_all_channels(
@@ -175,14 +184,7 @@ def test_resampled_first_channel_equals_ffmpegs_resampling_of_all_channels(
     """Only the first channel is resampled (``downmix="first"``); FFmpeg's resampler treats each channel alike, so
     the samples equal the first channel of PyAV's own resampler run on all channels, flush included, bit for bit;
     ``"mean"`` averages all resampled channels."""
-    with av.open(str(av_dir / name)) as container:
-        resampler = av.AudioResampler(format="fltp", rate=rate)
-        stream = container.streams.best("audio")
-        chunks = [
-            chunk.to_ndarray() for frame in container.decode(stream) for chunk in resampler.resample(frame)
-        ]
-        chunks += [chunk.to_ndarray() for chunk in resampler.resample(None)]
-    channels = np.concatenate(chunks, axis=1)
+    channels, _ = resampled_by_pyav(av_dir / name, rate)
     assert channels.shape[0] == 2
     np.testing.assert_array_equal(read_video_audio(av_dir / name, sample_rate=rate).numpy(), channels[0])
     mean = read_video_audio(av_dir / name, sample_rate=rate, downmix="mean").numpy()
@@ -202,12 +204,8 @@ def test_first_channel_of_other_sample_formats_and_layouts(
 ) -> None:
     """Packed integer and float samples and six channels: the first channel still equals FFmpeg's full resample."""
     path = write_video_with_sound(tmp_path / "clip.mkv", codec, rate, layout, sample_format)
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="fltp", rate=16000)
-        decoded = list(container.decode(container.streams.best("audio")))
-        chunks = [chunk.to_ndarray() for frame in [*decoded, None] for chunk in resampler.resample(frame)]
-    assert decoded[0].format.name == sample_format and len(decoded[0].layout.channels) > 1
-    channels = np.concatenate(chunks, axis=1)
+    channels, decoded = resampled_by_pyav(path, 16000)
+    assert decoded.format.name == sample_format and len(decoded.layout.channels) > 1
     np.testing.assert_array_equal(read_video_audio(path).numpy(), channels[0])
     np.testing.assert_array_equal(read_video_audio(path, downmix="mean").numpy(), channels.mean(axis=0))
 
