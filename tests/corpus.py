@@ -7,6 +7,7 @@ odd image modes, crafted weights, hub caches, manifests) from a few parameters, 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from fractions import Fraction
@@ -227,6 +228,18 @@ def write_video_with_sound(path: Path, codec: str, rate: int, layout: str, sampl
 # ----------------------------------------------------------------------------------------------------------------
 # Weights
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def authors_layout(state: dict[str, torch.Tensor], prefix: str = "__M__.") -> dict[str, torch.Tensor]:
+    """A state dict as the authors' code saves it: ``prefix`` on every key and, beside every block's ``norm1`` /
+    ``norm2``, the four per-modality LayerNorms (``norm1_a`` ... ``norm2_v``) their block class creates and never uses."""
+    out = {prefix + key: value.clone() for key, value in state.items()}
+    for key, value in state.items():
+        if re.fullmatch(r"blocks_[av]\.\d+\.norm[12]\.(weight|bias)", key):
+            block, norm, kind = key.rsplit(".", 2)
+            for modality in ("a", "v"):
+                out[f"{prefix}{block}.{norm}_{modality}.{kind}"] = torch.full_like(value, 0.5)
+    return out
 
 
 class RunsCode:

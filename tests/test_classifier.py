@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from corpus import authors_layout
 
 from equiav import EquiAVModel
 from equiav.classifier import (
@@ -65,6 +66,35 @@ def test_single_modality_checkpoints_need_only_their_input(official_dir, parity)
         torch.testing.assert_close(visual_model(image=parity["input.v"]), parity["ft.video_only.logits"])
     with pytest.raises(InvalidInputError, match="needs audio"):
         audio_model(image=parity["input.v"])
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_authors_finetune_checkpoints_of_other_sizes(tmp_path, head: str) -> None:
+    """A fine-tuned checkpoint of another size in the authors' layout (both towers, 128 wide, 96-px images, 256
+    audio frames) loads from its shapes alone: sizes, mode, head and classes, and the writer's logits exactly."""
+    backbone = EquiAVConfig(
+        embed_dim=128,
+        num_heads=2,
+        depth=2,
+        image_size=96,
+        image_resize=96,
+        target_length=256,
+        inter_proj_dim=48,
+    )
+    config = ClassifierConfig(
+        backbone=backbone, num_classes=5, mode="audio_visual", head=head, head_hidden_dim=40
+    )
+    torch.manual_seed(0)
+    source = EquiAVClassifier(config).eval()
+    path = tmp_path / "finetuned.pth"
+    torch.save(authors_layout(source.state_dict()), path)
+    loaded = EquiAVClassifier.from_pretrained(path)
+    assert loaded.config.backbone == backbone
+    assert (loaded.config.mode, loaded.config.head, loaded.config.num_classes) == ("audio_visual", head, 5)
+    g = torch.Generator().manual_seed(1)
+    audio, image = torch.randn(2, 256, 128, generator=g), torch.randn(2, 3, 96, 96, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio, image), source(audio, image), rtol=0, atol=0)
 
 
 def test_ambiguous_or_wrong_mode_is_an_error(official_dir) -> None:

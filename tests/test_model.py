@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from corpus import authors_layout
 
 from equiav import CheckpointError, EquiAVConfig, EquiAVModel, InvalidInputError, UnknownModelError
 from equiav.checks import all_finite
@@ -106,18 +107,6 @@ ARCHITECTURE_FIELDS = (
 )  # fmt: skip
 
 
-def authors_layout(model: EquiAVModel, prefix: str) -> dict[str, torch.Tensor]:
-    """The model's weights as the authors' code saves them: a prefix on every key and, in every block, the four
-    per-modality LayerNorms their block class creates and never uses."""
-    state = {prefix + key: value.clone() for key, value in model.state_dict().items()}
-    for tower in ("a", "v"):
-        for block in range(model.config.depth):
-            for norm in ("norm1_a", "norm1_v", "norm2_a", "norm2_v"):
-                state[f"{prefix}blocks_{tower}.{block}.{norm}.weight"] = torch.ones(model.config.embed_dim)
-                state[f"{prefix}blocks_{tower}.{block}.{norm}.bias"] = torch.zeros(model.config.embed_dim)
-    return state
-
-
 @pytest.mark.parametrize(
     ("sizes", "told"),
     [
@@ -144,7 +133,7 @@ def test_checkpoints_of_other_sizes_load_with_the_architecture_their_shapes_give
     torch.manual_seed(0)
     source = EquiAVModel(config).eval()
     path = tmp_path / "checkpoint.pth"
-    torch.save(authors_layout(source, prefix), path)
+    torch.save(authors_layout(source.state_dict(), prefix), path)
     loaded = EquiAVModel.from_pretrained(path, **({"config": config} if told == "config" else told)).eval()
     assert {f: getattr(loaded.config, f) for f in ARCHITECTURE_FIELDS} == {
         f: getattr(config, f) for f in ARCHITECTURE_FIELDS
