@@ -12,14 +12,16 @@ One clip is one 1024 x 128 filterbank and one 224 x 224 frame. Variants:
   ``F.scaled_dot_product_attention`` and the model's fixed views;
 * ``ours bf16``: the same model converted with ``dtype=torch.bfloat16`` (what ``from_pretrained(..., dtype=...)``
   does); on CUDA ``F.scaled_dot_product_attention`` is restricted to the flash-attention kernel;
+* on a CPU, ``ours fp32 packed`` and ``ours bf16 packed``: the same models after ``pack_for_cpu()``, whose linear
+  layers multiply by weights prepacked once for oneDNN (``equiav.packing``);
 * with ``--compile``, ``ours fp32 compiled`` and ``ours bf16 compiled``: both encoders through ``torch.compile``
   (inductor) with ``freezing`` on, which folds the weights into the graph as constants and, on a CPU, lets oneDNN
   keep them pre-packed for its matrix kernels instead of re-laying them out on every call (what pays at batch 1).
 
 Both models hold the same random weights (``load_state_dict`` by name). Before timing, the script checks that the
 authors' path and ours give the same embeddings (max abs difference <= 1e-4) when both are given the same vectors,
-and that bf16 embeddings stay within cosine 0.999 of float32 ones (compiled variants: fp32 within 1e-4 of the eager
-model, bf16 within cosine 0.999 of fp32). Then it times all variants round-robin.
+and that bf16 embeddings stay within cosine 0.999 of float32 ones (packed and compiled variants: fp32 within 1e-4 of
+the authors' path or the eager model, bf16 within cosine 0.999 of fp32). Then it times all variants round-robin.
 
     python benchmarks/bench_inference.py                      # equiav-base, batch 1 and 16, CPU
     python benchmarks/bench_inference.py --device cuda        # batch 64 on the GPU
@@ -57,10 +59,15 @@ from torch import nn
 use_repository_package()
 
 from equiav import EquiAVConfig, EquiAVModel  # noqa: E402
+from equiav.packing import packing_available  # noqa: E402
 
 EQUALITY_TOLERANCE = 1e-4
 BF16_MIN_COSINE = 0.999
-GOALS = {"ours fp32": 1.2, "ours bf16": 3.0, "ours fp32 compiled": 1.2, "ours bf16 compiled": 3.0}
+GOALS = {
+    f"ours {dtype}{kind}": goal
+    for dtype, goal in (("fp32", 1.2), ("bf16", 3.0))
+    for kind in ("", " packed", " compiled")
+}
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The authors' inference path, re-implemented with their parameter names
@@ -411,6 +418,7 @@ def variants_for(
     ours_bf16: EquiAVModel,
     authors: AuthorsInference,
     inputs: dict[str, torch.Tensor],
+    packed: dict[str, EquiAVModel],
     compiled: dict[str, CompiledEncoders],
 ) -> dict[str, Callable[[], object]]:
     def run_authors():
@@ -429,6 +437,8 @@ def variants_for(
         "ours fp32": run_ours(ours, torch.float32),
         "ours bf16": run_ours(ours_bf16, torch.bfloat16),
     }
+    for name, model in packed.items():
+        variants[f"ours {name} packed"] = run_ours(model, model.dtype)
     for name, encoders in compiled.items():
         variants[f"ours {name} compiled"] = run_ours(
             encoders, torch.bfloat16 if name == "bf16" else torch.float32
@@ -482,6 +492,9 @@ def main(argv: list[str] | None = None) -> None:
     ours_bf16 = copy.deepcopy(ours).to(
         dtype=torch.bfloat16
     )  # what from_pretrained(..., dtype=torch.bfloat16) does
+    packed = {}
+    if device.type == "cpu" and packing_available():
+        packed = {"fp32": copy.deepcopy(ours).pack_for_cpu(), "bf16": copy.deepcopy(ours_bf16).pack_for_cpu()}
     sync = synchronizer(device)
     goals = GOALS if args.preset == "equiav-base" and device.type == "cpu" else {}  # the issue's CPU goals
     results = []
@@ -498,6 +511,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         if difference > EQUALITY_TOLERANCE:
             raise SystemExit(f"the authors' path and ours differ by {difference:.2e} > {EQUALITY_TOLERANCE}")
+        packed_difference = packed_cosine = None
+        if packed:
+            packed_difference = check_equal(packed["fp32"], authors, inputs)
+            packed_cosine = bf16_cosine(ours, packed["bf16"], inputs)
+            print(
+                f"batch {batch}: packed weights: max |authors - ours fp32| = {packed_difference:.2e}, "
+                f"min cosine(bf16, fp32) = {packed_cosine:.6f}"
+            )
+            if packed_difference > EQUALITY_TOLERANCE or packed_cosine < BF16_MIN_COSINE:
+                raise SystemExit("the packed models do not give the plain models' embeddings")
         compiled = {}
         if args.compile:
             for name, eager in (("fp32", ours), ("bf16", ours_bf16)):
@@ -511,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
                 if (name == "fp32" and change > EQUALITY_TOLERANCE) or low < BF16_MIN_COSINE:
                     raise SystemExit(f"the compiled {name} model does not give the eager model's embeddings")
         timings = time_round_robin(
-            variants_for(ours, ours_bf16, authors, inputs, compiled), args.repeats, args.warmup, sync
+            variants_for(ours, ours_bf16, authors, inputs, packed, compiled), args.repeats, args.warmup, sync
         )
         for name, timing in timings.items():
             print(f"batch {batch:3d} {name:>18}: {timing.describe(batch, 'clips')}")
@@ -529,6 +552,8 @@ def main(argv: list[str] | None = None) -> None:
             "max_abs_difference": difference,
             "bf16_min_cosine": cosine,
             "bf16_attention": attention,
+            "packed_max_abs_difference": packed_difference,
+            "packed_bf16_min_cosine": packed_cosine,
             "predictor_share_fp32": share,
             "timings": {name: timing_record(timing, batch) for name, timing in timings.items()},
         })  # fmt: skip

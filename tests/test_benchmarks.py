@@ -26,6 +26,7 @@ import common  # noqa: E402
 import run_all  # noqa: E402
 
 from equiav import EquiAVConfig, EquiAVModel  # noqa: E402
+from equiav.packing import packing_available  # noqa: E402
 
 
 def test_round_robin_interleaves_variants_and_counts_repeats():
@@ -111,7 +112,12 @@ def test_benchmark_script_runs_quick(tmp_path, name):
     if name == "inference":
         results = json.loads((tmp_path / "inference.json").read_text())["results"]
         assert all(r["max_abs_difference"] < 1e-4 and r["bf16_min_cosine"] > 0.999 for r in results)
-        assert set(results[0]["timings"]) == {"authors fp32", "ours fp32", "ours bf16"}
+        packed = {"ours fp32 packed", "ours bf16 packed"} if packing_available() else set()
+        assert set(results[0]["timings"]) == {"authors fp32", "ours fp32", "ours bf16"} | packed
+        if packed:
+            assert all(
+                r["packed_max_abs_difference"] < 1e-4 and r["packed_bf16_min_cosine"] > 0.999 for r in results
+            )
     if name == "train_step":
         assert "speed-up compiled / eager:" in (tmp_path / f"{name}.log").read_text()
     if name == "dataloading":
