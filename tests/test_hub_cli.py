@@ -119,6 +119,11 @@ def test_cli_info_and_embed(tmp_path):
         expected_image = model.embed_image(str(png))
     torch.testing.assert_close(saved["audio"], expected_audio, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(saved["image"], expected_image, rtol=1e-5, atol=1e-6)
+    packed = tmp_path / "packed.safetensors"
+    subprocess.run([sys.executable, "-m", "equiav", "embed", str(wav), str(png), "-o", str(packed), "--model",
+                    str(tmp_path / "tiny"), "--pack"], check=True, capture_output=True)  # fmt: skip
+    for key, value in load_file(packed).items():
+        torch.testing.assert_close(value, saved[key], rtol=1e-5, atol=1e-6)
 
 
 def test_cli_reports_errors_cleanly(tmp_path):
