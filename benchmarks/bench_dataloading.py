@@ -1,6 +1,6 @@
 """Data loading throughput of the pretraining dataset: examples/s per worker, with N workers, and time per stage.
 
-One example is what ``equiav.training.data`` gives the training loop: the decoded audio, its normalized filterbank,
+One example is what ``equiav.training.datasets`` gives the training loop: the decoded audio, its normalized filterbank,
 a decoded frame, the original image view, the augmented audio and image views with their vectors, and 16 + 16 view
 vectors for the centroid. Two sources are timed:
 
@@ -53,7 +53,7 @@ use_repository_package()
 from equiav import EquiAVConfig  # noqa: E402
 from equiav.audio import crop_samples, load_audio, waveform_to_fbank  # noqa: E402
 from equiav.image import load_image, preprocess_image  # noqa: E402
-from equiav.training.data import DataConfig, build_pretrain_dataset, collate_pretrain  # noqa: E402
+from equiav.training.datasets import DataConfig, build_dataset, collate_items  # noqa: E402
 from equiav.training.datasets.items import pil_to_unit_tensor  # noqa: E402
 from equiav.training.datasets.sources import extraction_crop, frame_times  # noqa: E402
 from equiav.training.prepare import main as prepare_main  # noqa: E402
@@ -274,7 +274,7 @@ def time_loader(dataset, workers: int, items: int, batch_size: int) -> tuple[flo
     """Examples/s of a ``DataLoader`` with ``workers`` processes, from its first batch on (start-up excluded)."""
     order = [i % len(dataset) for i in range(items)]
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate_pretrain,
+        dataset, batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate_items,
         prefetch_factor=4 if workers else None,
     )  # fmt: skip
     iterator = iter(loader)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         items = max(args.items or 48 * max(largest, 1), args.batch_size * (2 * largest + 2))
         sources = data_sources(args, root, items)
         for kind in [kind for kind in args.kinds if kind in sources]:
-            dataset = build_pretrain_dataset(sources[kind], cfg, "train")
+            dataset = build_dataset(sources[kind], cfg, "train")
             print(f"\n{kind}: {len(dataset)} items")
             stages = time_stages(dataset, kind, cfg, args.repeats, args.warmup)
             floor = time_codec_floor(dataset, stages, args.repeats, args.warmup) if kind == "videos" else None

@@ -19,7 +19,7 @@ from equiav.config import EquiAVConfig
 from equiav.errors import ConfigError, DatasetError
 from equiav.image import load_image, preprocess_image
 from equiav.training.augment import AudioAugmenter, VisualAugmenter
-from equiav.training.data import (
+from equiav.training.datasets import (
     AVDigitsDataset,
     BadItem,
     BadItemTracker,
@@ -28,8 +28,8 @@ from equiav.training.data import (
     ShardDataset,
     VideoDataset,
     avdigits_eval_set,
-    build_pretrain_dataset,
-    collate_pretrain,
+    build_dataset,
+    collate_items,
     extraction_crop,
     frame_times,
 )
@@ -111,7 +111,7 @@ def _assert_vectors_describe_views(item: dict, raw_image: Image.Image) -> None:
 
 
 def test_manifest_item_shapes_views_and_vectors(manifest: Path) -> None:
-    dataset = build_pretrain_dataset(_config("manifest", manifest, roll_audio=False), TINY, "train")
+    dataset = build_dataset(_config("manifest", manifest, roll_audio=False), TINY, "train")
     assert isinstance(dataset, ManifestDataset) and len(dataset) == 3
     item = dataset[1]
     shapes = {key: tuple(value.shape) for key, value in item.items()}
@@ -144,7 +144,7 @@ def test_validation_uses_middle_frame_and_ignores_epoch(manifest: Path) -> None:
     assert torch.equal(first["audio"], load_fbank(manifest.parent / "audio" / "clip2.wav", TINY))
     _assert_vectors_describe_views(first, frames[FRAMES // 2])
     with pytest.raises(ConfigError, match="val_path"):
-        build_pretrain_dataset(_config("manifest", manifest), TINY, "val")
+        build_dataset(_config("manifest", manifest), TINY, "val")
 
 
 def test_training_audio_is_rolled_in_time(manifest: Path) -> None:
@@ -213,9 +213,9 @@ def test_bad_files_become_bad_items_and_stop_the_run(manifest: Path, caplog) -> 
     assert items[1].path.endswith("notes.wav") and items[2].path.endswith("missing.wav")
     assert "frame_" in items[3].reason and items[3].index == 3
 
-    batch = collate_pretrain(items)
+    batch = collate_items(items)
     assert batch["index"].tolist() == [0] and len(batch["bad"]) == 3
-    assert collate_pretrain(items[1:]) == {"bad": items[1:]}
+    assert collate_items(items[1:]) == {"bad": items[1:]}
 
     patient = BadItemTracker(max_fraction=0.5, min_items=10)
     with caplog.at_level(logging.WARNING, logger="equiav.data"):
@@ -254,7 +254,7 @@ def test_unexpected_error_names_the_file_in_and_out_of_workers(
     assert str(direct.value).startswith(f"{path}: reading item 1 of the train split failed with RuntimeError")
     assert isinstance(direct.value.__cause__, RuntimeError)
 
-    loader = DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=collate_pretrain)
+    loader = DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=collate_items)
     with pytest.raises(DatasetError) as caught:
         next(iter(loader))
     message = str(caught.value)
@@ -310,13 +310,13 @@ def test_data_loader_workers_reproduce_items_across_epochs(shared_dir: Path) -> 
         batch_size=3,
         num_workers=2,
         persistent_workers=True,
-        collate_fn=collate_pretrain,
+        collate_fn=collate_items,
     )
     seen = []
     for epoch in range(2):
         dataset.set_epoch(epoch)
         batch = next(iter(loader))
-        direct = collate_pretrain([dataset[i] for i in (3, 700, 1499)])
+        direct = collate_items([dataset[i] for i in (3, 700, 1499)])
         for key, value in direct.items():
             assert key == "bad" or torch.equal(batch[key], value), key
         seen.append(batch["t_audio"])
@@ -434,7 +434,7 @@ def test_shards_round_trip_with_equal_counts_per_rank(tmp_path: Path, label_csv:
     per_rank = []
     for rank in range(2):
         shards = ShardDataset(config, TINY, "train", rank=rank, world_size=2)
-        loader = DataLoader(shards, batch_size=1, num_workers=2, collate_fn=collate_pretrain)
+        loader = DataLoader(shards, batch_size=1, num_workers=2, collate_fn=collate_items)
         batches = list(loader)
         assert len(batches) == shards.batches_per_rank(1, num_workers=2) == 2 == len(shards)
         per_rank.append([int(b["index"]) for b in batches])

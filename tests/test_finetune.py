@@ -19,29 +19,19 @@ from scipy.stats import mannwhitneyu
 from equiav.classifier import ClassifierConfig, EquiAVClassifier
 from equiav.config import EquiAVConfig
 from equiav.errors import ConfigError
-from equiav.training.finetune import (
-    RECIPES,
+from equiav.training.classification import (
     LabelledDataset,
-    WeightedShardSampler,
     balancing_weights,
-    config_from_args,
     evaluate_classifier,
-    finetune,
     mixup,
-    parameter_groups,
     read_sample_weights,
     spec_augment,
 )
-from equiav.training.launch import DistributedContext
-from equiav.training.metrics import (
-    accuracy,
-    average_precision,
-    classification_metrics,
-    gather_in_order,
-    roc_auc,
-    shard,
-)
+from equiav.training.distributed import DistributedContext, gather_in_order, shard
+from equiav.training.finetune import RECIPES, config_from_args, finetune, parameter_groups
+from equiav.training.metrics import accuracy, average_precision, classification_metrics, roc_auc
 from equiav.training.probe import fit_logistic, linear_probe, probe_objective, stratified_split
+from equiav.training.sampler import WeightedRankSampler
 from equiav.training.schedule import WarmupCosineSchedule
 
 TINY = EquiAVConfig.from_preset("equiav-tiny-digits", depth=1)
@@ -258,7 +248,7 @@ def test_class_balanced_sampler_follows_the_weights() -> None:
     assert balancing_weights([[0], [0], [1], [0, 1]]).tolist() == pytest.approx(
         [1 / 3, 1 / 3, 1 / 2, 1 / 3 + 1 / 2]
     )
-    sampler = WeightedShardSampler(
+    sampler = WeightedRankSampler(
         torch.tensor([1.0, 0.0, 0.0, 3.0] * 1000, dtype=torch.float64),
         batch_size=10,
         rank=0,
@@ -318,10 +308,10 @@ def _avdigits_args(shared_dir: Path, out: Path, *extra: str) -> list[str]:
 
 def test_spec_augment_changes_the_training_items(shared_dir, one_thread) -> None:
     """SpecAugment really reaches the training input (B3), and only the training split."""
-    from equiav.training.data import build_pretrain_dataset
+    from equiav.training.datasets import build_dataset
 
     cfg = config_from_args(_avdigits_args(shared_dir, Path("unused"), "--no-data.roll-audio"))[0]
-    base = build_pretrain_dataset(cfg.data, cfg.model_config(), "train")
+    base = build_dataset(cfg.data, cfg.model_config(), "train")
     plain = LabelledDataset(base, 10, train=False)
     masked = LabelledDataset(base, 10, train=True, masks=(16, 32))
     changed = 0
@@ -345,10 +335,11 @@ def test_finetune_improves_over_the_initial_classifier_and_resumes_exactly(
         "40", "--max-val-items", "300", "--deterministic", "--model-overrides", '{"depth": 1}',
     )  # fmt: skip
     cfg = config_from_args(args)[0]
-    from equiav.training.finetune import FinetuneTrainer, class_info
+    from equiav.training.finetune import FinetuneTask, class_info
+    from equiav.training.trainer import Trainer
 
     ctx = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-    initial = FinetuneTrainer(dataclasses.replace(cfg, resume="none"), ctx)
+    initial = Trainer(FinetuneTask(dataclasses.replace(cfg, resume="none")), ctx)
     before = initial.validate()["acc"]
     result = finetune(cfg)
     after = result["val"]["acc"]
@@ -368,4 +359,4 @@ def test_finetune_improves_over_the_initial_classifier_and_resumes_exactly(
     again = EquiAVClassifier.from_pretrained(out / "final").state_dict()
     for key, value in first_weights.items():
         torch.testing.assert_close(again[key], value, rtol=0, atol=0, msg=key)
-    assert class_info(initial.train_set.base, cfg)[0] == 10
+    assert class_info(initial.task.train_set.base, cfg)[0] == 10

@@ -7,9 +7,10 @@ import logging
 
 import torch
 
-from equiav.training.launch import DistributedContext
-from equiav.training.loop import Position, TrainingState, autocast_context
+from equiav.training.distributed import DistributedContext
+from equiav.training.resume import Position, TrainingState
 from equiav.training.schedule import WarmupCosineSchedule
+from equiav.training.trainer import autocast_context
 
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 

@@ -30,18 +30,12 @@ from equiav.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from equiav.training.launch import rng_state, set_rng_state
-from equiav.training.loop import ShardSampler
 from equiav.training.options import build_config
-from equiav.training.pretrain import (
-    KILL_AT_STEP_ENV,
-    KILL_RANK_ENV,
-    PretrainConfig,
-    _fault_kill_step,
-    build_parser,
-    config_from_args,
-)
+from equiav.training.pretrain import PretrainConfig, build_parser, config_from_args
+from equiav.training.rng import rng_state, set_rng_state
+from equiav.training.sampler import RankSampler
 from equiav.training.schedule import WarmupCosineSchedule, warmup_cosine_lr
+from equiav.training.trainer import KILL_AT_STEP_ENV, KILL_RANK_ENV, fault_kill_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,13 +205,13 @@ def test_schedule_edge_cases():
 
 
 def test_sampler_shards_equally_and_resumes_mid_epoch():
-    parts = [ShardSampler(103, batch_size=5, rank=r, world_size=3, seed=1) for r in range(3)]
+    parts = [RankSampler(103, batch_size=5, rank=r, world_size=3, seed=1) for r in range(3)]
     for part in parts:
         part.set_epoch(2)
     shards = [part.indices() for part in parts]
     assert all(len(s) == 30 for s in shards)  # 103 // 15 = 6 full batches of 5 per rank
     assert len(set(sum(shards, []))) == 90  # disjoint
-    single = ShardSampler(103, batch_size=15, rank=0, world_size=1, seed=1)
+    single = RankSampler(103, batch_size=15, rank=0, world_size=1, seed=1)
     single.set_epoch(2)
     # Global batch k of three ranks is global batch k of one process with the three-fold batch.
     for k in range(6):
@@ -356,13 +350,13 @@ def test_unexpected_data_error_stops_the_run_naming_the_file(
     """A data-loader worker (or the main process) that raises something other than a decode error stops
     ``python -m equiav.training.pretrain`` with a ``DatasetError`` naming the file it was reading."""
     from equiav.training import pretrain
-    from equiav.training.data import AVDigitsDataset, build_pretrain_dataset
+    from equiav.training.datasets import AVDigitsDataset, build_dataset
 
     output = tmp_path / "run"
     args = _digits_args(shared_dir, output, 2, **{"--num-workers": workers}) + ["--no-zero-shot-eval"]
     cfg, _ = config_from_args(args)
-    dataset = build_pretrain_dataset(cfg.data, cfg.model_config(), "train")
-    sampler = ShardSampler(len(dataset), batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed)
+    dataset = build_dataset(cfg.data, cfg.model_config(), "train")
+    sampler = RankSampler(len(dataset), batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed)
     first = sampler.indices()[0]  # the first item the run reads
     read = AVDigitsDataset.decode
 
@@ -464,15 +458,15 @@ def test_fault_hook_kills_only_the_named_rank_in_the_first_attempt(monkeypatch: 
     monkeypatch.delenv(KILL_RANK_ENV, raising=False)
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
     monkeypatch.delenv(KILL_AT_STEP_ENV, raising=False)
-    assert _fault_kill_step(0) is None
+    assert fault_kill_step(0) is None
     monkeypatch.setenv(KILL_AT_STEP_ENV, "5")
-    assert _fault_kill_step(0) == _fault_kill_step(1) == 5
+    assert fault_kill_step(0) == fault_kill_step(1) == 5
     monkeypatch.setenv(KILL_RANK_ENV, "1")
-    assert _fault_kill_step(0) is None and _fault_kill_step(1) == 5
+    assert fault_kill_step(0) is None and fault_kill_step(1) == 5
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    assert _fault_kill_step(1) == 5
+    assert fault_kill_step(1) == 5
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert _fault_kill_step(1) is None
+    assert fault_kill_step(1) is None
 
 
 def _torchrun(max_restarts: int) -> list[str]:
@@ -566,9 +560,7 @@ class _RandomPairs(torch.utils.data.Dataset):
 def test_cuda_bf16_run_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     from equiav.training import pretrain
 
-    monkeypatch.setattr(
-        pretrain, "build_pretrain_dataset", lambda data, model, split: _RandomPairs(model, 64)
-    )
+    monkeypatch.setattr(pretrain, "build_dataset", lambda data, model, split: _RandomPairs(model, 64))
     values = {
         "data": {"kind": "manifest", "path": "synthetic"}, "model": "equiav-tiny", "device": "cuda",
         "precision": "bf16", "grad_checkpointing": True, "batch_size": 8, "num_workers": 2,

@@ -187,7 +187,7 @@ def test_avdigits_retrieval_command_matches_direct_computation_and_two_processes
     shared_dir, tmp_path, one_thread
 ):
     from equiav.model import EquiAVModel
-    from equiav.training.data import avdigits_eval_set
+    from equiav.training.datasets import avdigits_eval_set
     from equiav.training.evaluate import main
 
     args = ["retrieval", "--model", "equiav-tiny-digits", "--random-init", "--avdigits", str(shared_dir / "data"),
@@ -220,7 +220,7 @@ def test_avdigits_retrieval_command_matches_direct_computation_and_two_processes
 def test_avdigits_retrieval_scores_a_folder_of_new_speakers(shared_dir, tmp_path, one_thread) -> None:
     """A folder holding only unseen speakers is scored by naming them; the default speaker's absence is reported."""
     from equiav.errors import DatasetError
-    from equiav.training.data import avdigits_eval_set
+    from equiav.training.datasets import avdigits_eval_set
     from equiav.training.evaluate import main
 
     recordings = tmp_path / "new" / "fsdd" / "recordings"

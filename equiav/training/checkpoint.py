@@ -6,8 +6,13 @@ written to a hidden temporary name in the same folder, flushed and fsync'ed, the
 ``os.replace`` (atomic on POSIX), and the folder is fsync'ed. A process killed mid-write therefore leaves a stray
 temporary file (removed by the next :func:`save_checkpoint` or :func:`clean_temporary_files`) but never a truncated
 checkpoint. The text file ``latest`` names the newest checkpoint (replaced the same way, for people and tools).
-Resuming scans the finished files newest step first and falls back to an older one when a file does not load, so it
-never depends on the pointer having been updated before a crash.
+Resuming scans the finished files newest step first and falls back to an older one when a file does not load (or
+lacks the model), so it never depends on the pointer having been updated before a crash.
+
+Pruning (``keep_last``) only removes checkpoints of steps before the one just written: the new file is never
+deleted, and files of later steps (another run's, or a damaged leftover) are left for resuming to judge, so ``latest``
+always names a file that exists. Whether a fresh run may start in a folder holding checkpoints is decided in
+:mod:`equiav.training.resume`.
 """
 
 from __future__ import annotations
@@ -95,9 +100,20 @@ def save_checkpoint(
     _atomic_write(path, lambda handle: torch.save(state, handle))
     _atomic_write(directory / LATEST_FILE, lambda handle: handle.write(f"{path.name}\n".encode()))
     if keep_last is not None:
-        for _, old in list_checkpoints(directory)[:-keep_last]:
-            old.unlink(missing_ok=True)
+        prune_checkpoints(directory, step, keep_last)
     return path
+
+
+def prune_checkpoints(directory: str | Path, step: int, keep_last: int) -> list[Path]:
+    """Delete the oldest checkpoints before ``step`` so that ``keep_last`` remain counting the one of ``step``.
+
+    Checkpoints of ``step`` and later are never touched. Returns the deleted paths.
+    """
+    older = [path for saved, path in list_checkpoints(directory) if saved < step]
+    doomed = older[: max(0, len(older) - (keep_last - 1))]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -112,19 +128,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def find_latest_checkpoint(
-    directory: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint in ``directory`` that loads, with its state; ``None`` when there is none.
+def check_entries(state: dict[str, Any], path: str | Path, required: tuple[str, ...]) -> None:
+    """Raise :class:`CheckpointError` naming the file and the missing entries unless ``state`` holds ``required``."""
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks the entries {missing}")
 
-    Files that fail to load are skipped with a warning, so a damaged newest checkpoint falls back to the previous one.
+
+def find_latest_checkpoint(
+    directory: str | Path,
+    map_location: str | torch.device = "cpu",
+    required: tuple[str, ...] = ("model",),
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` that loads and holds the ``required`` entries, with its state;
+    ``None`` when there is none.
+
+    Files that fail to load or lack an entry are skipped with a warning, so a damaged newest checkpoint falls back to
+    the previous one.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
     for _, path in reversed(list_checkpoints(directory)):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
+            check_entries(state, path, required)
+            return path, state
         except CheckpointError as error:
             log.warning("skipping unusable checkpoint: %s", error)
     return None

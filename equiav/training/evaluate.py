@@ -29,43 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import EquiAVConfig, list_models
-from ..errors import DatasetError, EquiAVError, InvalidInputError
+from ..classifier import EquiAVClassifier
+from ..cli import Command
+from ..config import EquiAVConfig
+from ..errors import DatasetError, EquiAVError
 from ..retrieval import DEFAULT_KS, TIE_RULES, audio_visual_retrieval, format_table, similarity_matrix
-from .datasets.config import DataConfig
-from .launch import DistributedContext, setup_distributed, teardown_distributed
-from .metrics import gather_in_order, shard
-
-
-def load_backbone(
-    name: str,
-    *,
-    random_init: bool = False,
-    seed: int = 0,
-    preset: str | None = None,
-    num_heads: int | None = None,
-) -> torch.nn.Module:
-    """An ``EquiAVModel`` in eval mode: from a name, directory, hub repository or authors' checkpoint, or, with
-    ``random_init``, a freshly initialized preset (seeded), as a chance-level reference."""
-    from ..model import EquiAVModel
-
-    if random_init:
-        if name not in list_models():
-            raise InvalidInputError(
-                f"--random-init needs a preset name ({', '.join(list_models())}), got {name!r}"
-            )
-        torch.manual_seed(seed)
-        return EquiAVModel(EquiAVConfig.from_preset(name)).eval()
-    overrides = {"num_heads": num_heads} if num_heads else {}
-    return EquiAVModel.from_pretrained(name, config=preset, **overrides).eval()
+from .classification import LabelledDataset, evaluate_classifier
+from .datasets import DataConfig, avdigits_eval_set, build_dataset, read_manifest
+from .distributed import DistributedContext, gather_in_order, setup_distributed, shard, teardown_distributed
+from .loading import load_backbone
+from .probe import add_probe_arguments, run_probe
 
 
 class ManifestClips(Dataset):
     """Audio filterbank and one frame of every clip of an authors' manifest, without augmentation."""
 
     def __init__(self, manifest: str | Path, config: EquiAVConfig, frame: int) -> None:
-        from .datasets.sources import read_manifest
-
         self.entries = read_manifest(manifest)
         self.config = config
         self.frame = frame
@@ -184,8 +163,6 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
         config = model.config
         info: dict[str, Any] = {"model": args.model, "random_init": args.random_init, "ties": args.ties}
         if args.avdigits:
-            from .datasets.avdigits import avdigits_eval_set
-
             fbanks, images, audio_labels, image_labels = avdigits_eval_set(
                 args.avdigits, config, args.split, val_speakers=tuple(args.val_speakers),
                 val_fraction_images=args.val_fraction_images,
@@ -235,10 +212,13 @@ def _report(
         print(f"wrote {args.plot}")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="registered name, directory, hub repo id or authors' .pth"
-    )
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    model_help: str = "registered name, directory, hub repo id or authors' .pth",
+    progress: bool = True,
+) -> None:
+    """Options of every evaluation command: the model, its device and the batching."""
+    parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument(
         "--preset", default=None, help="preset that fills what an authors' checkpoint cannot tell"
     )
@@ -246,12 +226,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="show a progress bar (--no-progress)",
-    )
+    if progress:
+        parser.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="show a progress bar (--no-progress)",
+        )
 
 
 def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -288,15 +269,60 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="write the video-to-audio similarity matrix as a PNG")
 
 
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``equiav eval classify``: score a classifier on the validation split of a data set."""
+    add_model_arguments(
+        parser, model_help="classifier directory, hub repo or authors' fine-tuning .pth", progress=False
+    )
+    parser.add_argument(
+        "--mode", default=None, help="mode of an authors' checkpoint when its shapes are ambiguous"
+    )
+    parser.add_argument("--data-kind", default="avdigits", choices=["avdigits", "manifest", "videos"])
+    parser.add_argument(
+        "--data", required=True, help="AV-digits root, or the evaluation manifest / video list"
+    )
+    parser.add_argument(
+        "--label-csv", default=None, help="class_labels_indices.csv (manifest and video data)"
+    )
+    parser.add_argument(
+        "--task", default=None, choices=["multi_label", "single_label"], help="default: the model's"
+    )
+    parser.add_argument("--output", default=None, help="write the metrics as JSON")
+
+
+def run_classify(args: argparse.Namespace) -> dict[str, float]:
+    ctx = setup_distributed(args.device)
+    try:
+        overrides = {"num_heads": args.num_heads} if args.num_heads else {}
+        model = EquiAVClassifier.from_pretrained(args.model, mode=args.mode, config=args.preset, **overrides)
+        model.to(ctx.device)
+        multi_label = model.config.multi_label if args.task is None else args.task == "multi_label"
+        data = DataConfig(kind=args.data_kind, path=args.data, val_path=args.data, label_csv=args.label_csv)
+        base = build_dataset(data, model.config.backbone, "val")
+        dataset = LabelledDataset(base, model.config.num_classes, train=False)
+        metrics = evaluate_classifier(
+            model,
+            dataset,
+            ctx,
+            multi_label=multi_label,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+        if ctx.is_main:
+            print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if args.output:
+                Path(args.output).write_text(json.dumps({"model": args.model, **metrics}, indent=2) + "\n")
+        return metrics
+    finally:
+        teardown_distributed()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equiav eval", description="Evaluate EquiAV models.")
     sub = parser.add_subparsers(dest="command", required=True)
     retrieval = sub.add_parser("retrieval", help="zero-shot video<->audio retrieval: R@1/5/10, median rank")
     add_retrieval_arguments(retrieval)
     retrieval.set_defaults(func=run_retrieval)
-    from .finetune import add_classify_arguments, run_classify
-    from .probe import add_probe_arguments, run_probe
-
     classify = sub.add_parser("classify", help="score a fine-tuned classifier (mAP / accuracy)")
     add_classify_arguments(classify)
     classify.set_defaults(func=run_classify)
@@ -315,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except EquiAVError as error:
         raise SystemExit(f"equiav eval: {type(error).__name__}: {error}") from None
+
+
+COMMAND = Command(help="evaluation (e.g. `equiav eval retrieval ...`)", main=main)
 
 
 if __name__ == "__main__":

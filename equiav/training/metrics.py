@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
+from ..deprecation import moved_names
 from ..errors import InvalidInputError
-from .distributed import get_world_size
+from .distributed import gather_in_order
+
+__getattr__ = moved_names(__name__, {"shard": "equiav.training.distributed"})
 
 
 def _check_pair(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,50 +146,6 @@ def classification_metrics(
     return metrics
 
 
-def shard(count: int, rank: int, world_size: int) -> range:
-    """The contiguous share of ``count`` evaluation items that ``rank`` scores: no padding, no item twice, sizes
-    differing by at most one (gather the results with ``gather_in_order``)."""
-    base, extra = divmod(count, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
-
-
-def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows in rank order; ranks may hold different numbers of rows."""
-    count = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
-    counts = [torch.empty_like(count) for _ in range(get_world_size())]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
-
-
-def gather_in_order(indices: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every rank's ``indices`` (N,) and row tensors, sorted by index with each index kept once.
-
-    Returns ``(indices, *tensors)``. Ranks may hold different numbers of rows (an unpadded shard), and a padded
-    sampler's repeated items are dropped. Without a process group the local rows are sorted and de-duplicated. With
-    NCCL the tensors must be on the GPU; gloo takes CPU tensors.
-    """
-    for tensor in tensors:
-        if tensor.shape[0] != indices.shape[0]:
-            raise InvalidInputError(
-                f"every gathered tensor needs one row per index ({indices.shape[0]}), got {tensor.shape[0]} rows"
-            )
-    if get_world_size() > 1:
-        indices = _gather_rows(indices)
-        tensors = tuple(_gather_rows(tensor) for tensor in tensors)
-    order = indices.argsort(stable=True)
-    indices = indices[order]
-    first = torch.ones_like(indices, dtype=torch.bool)
-    first[1:] = indices[1:] != indices[:-1]
-    keep = order[first]
-    return (indices[first], *(tensor[keep] for tensor in tensors))
-
-
 def gather_predictions(
     logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,8 +159,6 @@ __all__ = [
     "average_precision",
     "classification_metrics",
     "d_prime",
-    "gather_in_order",
     "gather_predictions",
     "roc_auc",
-    "shard",
 ]

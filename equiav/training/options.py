@@ -40,11 +40,19 @@ def check_run_length(max_steps: int | None, epochs: float) -> None:
         raise ConfigError(f"option --epochs must be positive (or set --max-steps), got {epochs}")
 
 
+_BULLET = re.compile(r"^\s*\*\s+``(\w+)``:\s*(.*?)(?=^\s*\*\s+``|^\s*$|\Z)", re.S | re.M)
+
+
 def _field_help(cls: type) -> dict[str, str]:
-    """Per-field help from the class docstring's ``* ``name``: text`` bullets."""
-    text = cls.__doc__ or ""
-    pattern = re.compile(r"^\s*\*\s+``(\w+)``:\s*(.*?)(?=^\s*\*\s+``|^\s*$|\Z)", re.S | re.M)
-    return {m.group(1): " ".join(m.group(2).replace("``", "").split()) for m in pattern.finditer(text)}
+    """Per-field help from the ``* ``name``: text`` bullets of the class docstring and of its base classes' (a
+    subclass's bullet replaces its base's)."""
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = klass.__dict__.get("__doc__") or ""
+        helps.update(
+            {m.group(1): " ".join(m.group(2).replace("``", "").split()) for m in _BULLET.finditer(text)}
+        )
+    return helps
 
 
 def _is_union(hint: Any) -> bool:

@@ -160,7 +160,7 @@ def _model_config(args: argparse.Namespace) -> EquiAVConfig:
 
 
 def write_shards(args: argparse.Namespace) -> int:
-    from .data import build_pretrain_dataset
+    from .datasets import build_dataset
 
     model = _model_config(args)
     data = DataConfig(
@@ -175,7 +175,7 @@ def write_shards(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     split = args.split if args.source == "avdigits" else "train"
-    dataset = build_pretrain_dataset(data, model, split)
+    dataset = build_dataset(data, model, split)
     if args.source == "avdigits":
         labels, classes = "single", NUM_DIGITS
     elif dataset.label_space is not None:

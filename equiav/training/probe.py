@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
 
 from ..checks import all_finite
-from ..errors import InvalidInputError
+from ..errors import EquiAVError, InvalidInputError
+from .classification import DIGIT_NAMES, LabelledDataset
+from .datasets import DataConfig, build_dataset, collate_items
+from .distributed import resolve_device
+from .loading import load_backbone
 from .metrics import classification_metrics
 
 MODALITIES = ("audio", "visual", "both")
@@ -223,13 +229,9 @@ def extract_features(
     ``kind="tokens"``: mean of the final-normed patch tokens; ``"inter"``: the inter-modal embedding (L2-normalized).
     ``modality`` ``both`` concatenates the audio and the visual features.
     """
-    from torch.utils.data import DataLoader
-
-    from .datasets.items import collate_pretrain
-
     if modality not in MODALITIES or kind not in FEATURE_KINDS:
         raise InvalidInputError(f"modality must be one of {MODALITIES} and kind one of {FEATURE_KINDS}")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pretrain)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items)
     model.eval()
     features, targets = [], []
     for batch in loader:
@@ -296,12 +298,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _probe_sets(args: argparse.Namespace, config) -> dict[str, Any]:
     """(LabelledDataset, rows or None) of the train, test and (when there is one) val splits."""
-    from .data import DataConfig, build_pretrain_dataset
-    from .finetune import DIGIT_NAMES, LabelledDataset
-
     if args.avdigits:
         data = DataConfig(kind="avdigits", path=args.avdigits)
-        train_base = build_pretrain_dataset(data, config, "train")
+        train_base = build_dataset(data, config, "train")
         speakers = [r.speaker for r in train_base.source.recordings]
         held = args.val_speaker or sorted(set(speakers))[-1]
         if held not in speakers:
@@ -314,7 +313,7 @@ def _probe_sets(args: argparse.Namespace, config) -> dict[str, Any]:
             "train": (train, rows.nonzero().flatten().tolist()),
             "val": (train, (~rows).nonzero().flatten().tolist()),
             "test": (
-                LabelledDataset(build_pretrain_dataset(data, config, "val"), len(DIGIT_NAMES), train=False),
+                LabelledDataset(build_dataset(data, config, "val"), len(DIGIT_NAMES), train=False),
                 None,
             ),
         }
@@ -329,18 +328,13 @@ def _probe_sets(args: argparse.Namespace, config) -> dict[str, Any]:
     ):
         if manifest:
             data = DataConfig(kind="manifest", path=manifest, val_path=manifest, label_csv=args.label_csv)
-            base = build_pretrain_dataset(data, config, "val")
+            base = build_dataset(data, config, "val")
             sets[split] = (LabelledDataset(base, base.label_space.num_classes, train=False), None)
     return sets
 
 
 def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     """Extract features of every split, run ``linear_probe``, print and save the result."""
-    from torch.utils.data import Subset
-
-    from .evaluate import load_backbone
-    from .launch import resolve_device
-
     device = resolve_device(args.device)
     model = load_backbone(args.model, random_init=args.random_init, seed=args.seed, preset=args.preset).to(
         device
@@ -377,10 +371,6 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m equiav.training.probe``."""
-    import sys
-
-    from ..errors import EquiAVError
-
     parser = argparse.ArgumentParser(
         prog="python -m equiav.training.probe", description=__doc__.split("\n\n")[0]
     )

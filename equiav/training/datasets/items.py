@@ -80,7 +80,7 @@ def warp_frequency(fbank: Tensor, factor: float) -> Tensor:
     return torch.lerp(fbank[..., low], fbank[..., high], weight)
 
 
-def collate_pretrain(items: list[dict[str, Tensor] | BadItem]) -> dict[str, Any]:
+def collate_items(items: list[dict[str, Tensor] | BadItem]) -> dict[str, Any]:
     """Stack the good items key by key and list the bad ones under ``"bad"``.
 
     The batch holds the stacked tensors of the good items (``index`` and ``label`` become (B,) int64) and ``bad``, a
@@ -95,7 +95,7 @@ def collate_pretrain(items: list[dict[str, Tensor] | BadItem]) -> dict[str, Any]
     for item in good[1:]:
         if set(item) != keys:
             raise InvalidInputError(
-                f"collate_pretrain: items have different keys, {sorted(keys)} and {sorted(item)}"
+                f"collate_items: items have different keys, {sorted(keys)} and {sorted(item)}"
             )
     for key in good[0]:
         batch[key] = torch.stack([item[key] for item in good])
