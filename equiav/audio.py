@@ -8,10 +8,14 @@ frames -> ``(fbank - audio_mean) / audio_std``.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile
@@ -21,9 +25,12 @@ from torch import Tensor
 
 from .checks import all_finite
 from .config import EquiAVConfig
-from .errors import AudioDecodeError, InvalidInputError
+from .errors import AudioDecodeError, ConfigError, InvalidInputError
+from .paths import file_problem, shown
 
 __all__ = [
+    "audio_input_to_fbanks",
+    "audio_inputs_to_fbanks",
     "kaldi_fbank",
     "load_audio",
     "load_fbank",
@@ -264,9 +271,41 @@ def _log_mel_rows(
 _SINC_ZERO_CROSSINGS = 48
 _SINC_ROLLOFF = 0.94
 _KAISER_BETA = 10.0
+# The exact polyphase filter holds up * (down + 2 * half_width) weights for reduced factors up / down. Every common
+# rate needs at most 349,000 (11,025 Hz); 16,001 Hz would need 258 million (2 GB in float64), so larger tables go to
+# ``_resample_general`` instead.
+_MAX_POLYPHASE_WEIGHTS = 1 << 20
+# ``_resample_general`` tabulates the filter at fractional positions spaced by at most 1 / _KERNEL_OVERSAMPLING of a
+# zero crossing and interpolates linearly between them.
+_KERNEL_OVERSAMPLING = 4096
+# Output samples times taps that ``_resample_general`` evaluates at once (a few MB of intermediates).
+_GENERAL_BLOCK = 1 << 18
+MAX_SAMPLE_RATE = 1 << 26
+"""Highest sample rate accepted, in Hz (67 MHz: above every audio, DSD or ultrasound recorder)."""
+MAX_RESAMPLED_LENGTH = 1 << 31
+"""Longest resampled signal ``resample`` produces by default, in samples (37 hours at 16 kHz, 8.6 GB in float32)."""
 
 
-@lru_cache(maxsize=16)
+def _cutoff(up: int, down: int) -> float:
+    """Low-pass cutoff in units of the input Nyquist frequency: the rolloff times the lower of the two Nyquists."""
+    return _SINC_ROLLOFF * min(1.0, up / down)
+
+
+def _half_width(up: int, down: int) -> int:
+    """Input samples on each side of an output sample that its filter reads."""
+    return math.ceil(_SINC_ZERO_CROSSINGS / _cutoff(up, down))
+
+
+def _windowed_sinc(offset: Tensor, cutoff: float, half_width: int) -> Tensor:
+    """Low-pass sinc with ``cutoff`` at ``offset`` input samples from its centre, tapered by a Kaiser window that is
+    zero beyond ``half_width`` samples."""
+    window_arg = (1.0 - (offset / half_width).square()).clamp_min(0.0).sqrt()
+    window = torch.special.i0(_KAISER_BETA * window_arg) / torch.special.i0(torch.tensor(_KAISER_BETA))
+    window = torch.where(offset.abs() <= half_width, window, torch.zeros_like(window))
+    return cutoff * torch.sinc(cutoff * offset) * window
+
+
+@lru_cache(maxsize=8)
 def _resample_kernels(up: int, down: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, int]:
     """One windowed-sinc filter per output phase, as (up, 1, taps) conv1d weights, and the left padding they need.
 
@@ -274,99 +313,366 @@ def _resample_kernels(up: int, down: int, device: torch.device, dtype: torch.dty
     sinc with cutoff ``rolloff * min(1, up / down)`` (in units of the input Nyquist frequency), tapered by a Kaiser
     window that spans ``_SINC_ZERO_CROSSINGS`` zero crossings on each side.
     """
-    cutoff = _SINC_ROLLOFF * min(1.0, up / down)
-    half_width = math.ceil(_SINC_ZERO_CROSSINGS / cutoff)
+    cutoff = _cutoff(up, down)
+    half_width = _half_width(up, down)
     taps = torch.arange(-half_width, down + half_width, dtype=torch.float64)
     phase = torch.arange(up, dtype=torch.float64).unsqueeze(1) * down / up
-    offset = phase - taps
-    window_arg = (1.0 - (offset / half_width).square()).clamp_min(0.0).sqrt()
-    window = torch.special.i0(_KAISER_BETA * window_arg) / torch.special.i0(torch.tensor(_KAISER_BETA))
-    window = torch.where(offset.abs() <= half_width, window, torch.zeros_like(window))
-    kernels = cutoff * torch.sinc(cutoff * offset) * window
+    kernels = _windowed_sinc(phase - taps, cutoff, half_width)
     return kernels.unsqueeze(1).to(device=device, dtype=dtype), half_width
 
 
-def resample(waveform: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+def _uses_polyphase(up: int, down: int) -> bool:
+    """Whether the exact polyphase table of the reduced factors ``up / down`` is small enough to build."""
+    return up * (down + 2 * _half_width(up, down)) <= _MAX_POLYPHASE_WEIGHTS
+
+
+def _resample_polyphase(flat: Tensor, up: int, down: int, out_length: int) -> Tensor:
+    """(rows, 1, N) -> (rows, out_length) with the exact polyphase filter, as one strided conv1d."""
+    kernels, half_width = _resample_kernels(up, down, flat.device, flat.dtype)
+    steps = -(-out_length // up)
+    right_pad = max(0, (steps - 1) * down + kernels.shape[-1] - half_width - flat.shape[-1])
+    padded = F.pad(flat, (half_width, right_pad))
+    phases = F.conv1d(padded, kernels, stride=down)[..., :steps]
+    return phases.transpose(1, 2).reshape(flat.shape[0], steps * up)[:, :out_length]
+
+
+@lru_cache(maxsize=4)
+def _phase_table(up: int, down: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The filter of ``_resample_kernels`` at ``phases + 1`` evenly spaced fractional positions -> (phases + 1, taps).
+
+    Row ``i`` holds the weights of the ``2 * half_width`` input samples ``n = floor(t) + 1 - half_width, ...`` around
+    a position ``t`` whose fractional part is ``i / phases``. ``phases = ceil(_KERNEL_OVERSAMPLING * cutoff)``, so
+    neighbouring rows are at most 1 / 4096 of a zero crossing apart, and the table holds about 400,000 weights
+    whatever the rates.
+    """
+    cutoff, half_width = _cutoff(up, down), _half_width(up, down)
+    phases = math.ceil(_KERNEL_OVERSAMPLING * cutoff)
+    fraction = torch.arange(phases + 1, dtype=torch.float64).unsqueeze(1) / phases
+    taps = torch.arange(1 - half_width, half_width + 1, dtype=torch.float64)
+    return _windowed_sinc(taps - fraction, cutoff, half_width).to(device=device, dtype=dtype)
+
+
+def _general_weights(first: int, count: int, up: int, down: int, table: Tensor) -> tuple[Tensor, Tensor]:
+    """Input indices (into the signal padded by ``half_width`` zeros on each side) and weights of ``count`` outputs.
+
+    Output ``j`` sits at input position ``t = j * down / up``, split exactly (in integers) into ``floor(t)`` and a
+    remainder; its weights are interpolated linearly between the two rows of ``table`` around that fraction.
+    """
+    phases, taps = table.shape[0] - 1, table.shape[1]
+    position = torch.arange(first, first + count, dtype=torch.int64, device=table.device) * down
+    base = position // up
+    scaled = (position - base * up) * phases
+    row = scaled // up
+    weight = ((scaled - row * up).to(torch.float64) / up).to(table.dtype).unsqueeze(1)
+    weights = torch.lerp(table[row], table[row + 1], weight)
+    index = base.unsqueeze(1) + torch.arange(1, taps + 1, device=table.device)
+    return index, weights
+
+
+def _resample_general(flat: Tensor, up: int, down: int, out_length: int) -> Tensor:
+    """(rows, 1, N) -> (rows, out_length) with a windowed sinc evaluated at each output's fractional position.
+
+    The same filter as the polyphase path (Kaiser window of ``_SINC_ZERO_CROSSINGS`` zero crossings, same cutoff),
+    interpolated from a fixed table: its weights differ from the exact ones by under 1e-7 of the peak, so the output
+    differs by a few 1e-7 of full scale. Memory is ``_GENERAL_BLOCK`` weights at a time whatever the rates; time is
+    about ``2 * half_width`` multiply-adds per output (about 100 times ``max(1, down / up)``).
+    """
+    half_width = _half_width(up, down)
+    signal = F.pad(flat[:, 0], (half_width, half_width))
+    table = _phase_table(up, down, signal.device, signal.dtype)
+    out = signal.new_empty(signal.shape[0], out_length)
+    block = max(1, _GENERAL_BLOCK // table.shape[1])
+    for first in range(0, out_length, block):
+        count = min(block, out_length - first)
+        index, weights = _general_weights(first, count, up, down, table)
+        out[:, first : first + count] = (signal[:, index] * weights).sum(dim=-1)
+    return out
+
+
+def _check_rate(name: str, rate: object) -> int:
+    """``rate`` as an int, if it is a positive integer number of Hz up to ``MAX_SAMPLE_RATE``."""
+    if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer sample rate, got {rate!r}")
+    if rate > MAX_SAMPLE_RATE:
+        raise InvalidInputError(
+            f"{name}={rate} Hz is above the highest sample rate accepted ({MAX_SAMPLE_RATE} Hz)"
+        )
+    return int(rate)
+
+
+def _reduced(orig_sr: int, new_sr: int) -> tuple[int, int]:
+    """The resampling ratio ``new / orig`` in lowest terms, as (up, down)."""
+    divisor = math.gcd(orig_sr, new_sr)
+    return new_sr // divisor, orig_sr // divisor
+
+
+def resampled_length(length: int, orig_sr: int, new_sr: int) -> int:
+    """Samples that ``resample`` makes of ``length`` samples: ``ceil(length * new_sr / orig_sr)``."""
+    up, down = _reduced(_check_rate("orig_sr", orig_sr), _check_rate("new_sr", new_sr))
+    return -(-length * up // down)
+
+
+def resample_input_length(out_length: int, orig_sr: int, new_sr: int) -> int:
+    """Leading input samples that determine the first ``out_length`` samples ``resample`` puts out.
+
+    A decoder may stop there: ``resample(x[:n])[:out_length]`` equals ``resample(x)[:out_length]`` up to float
+    rounding for any ``n`` at least this.
+    """
+    up, down = _reduced(_check_rate("orig_sr", orig_sr), _check_rate("new_sr", new_sr))
+    if up == down:
+        return out_length
+    half_width = _half_width(up, down)
+    if _uses_polyphase(up, down):
+        return (max(out_length - 1, 0) // up + 1) * down + half_width
+    return max(out_length - 1, 0) * down // up + half_width + 1
+
+
+def resample(
+    waveform: Tensor, orig_sr: int, new_sr: int, *, max_length: int = MAX_RESAMPLED_LENGTH
+) -> Tensor:
     """Band-limited resampling of ``waveform`` (..., N) from ``orig_sr`` to ``new_sr`` Hz -> (..., ceil(N * new / orig)).
 
-    A polyphase windowed-sinc filter (Kaiser window, rates reduced by their gcd) evaluated as one strided conv1d.
-    Content below 85 % of the lower Nyquist frequency passes with under 1e-5 gain error, content above it is
-    attenuated by more than 80 dB, and the band in between is the filter's transition. The signal is taken as zero
-    outside its ends (like ``scipy.signal.resample_poly``), so the first and last few milliseconds taper. On CUDA,
-    cuDNN may run the filter in TF32 (about 1e-3 relative error) unless ``torch.backends.cudnn.allow_tf32`` is off.
+    A windowed-sinc filter (Kaiser window) with the rates reduced by their gcd. Content below 85 % of the lower
+    Nyquist frequency passes with under 1e-5 gain error, content above it is attenuated by more than 80 dB, and the
+    band in between is the filter's transition. The signal is taken as zero outside its ends (like
+    ``scipy.signal.resample_poly``), so the first and last few milliseconds taper. When the reduced factors are small
+    (every common rate) the filter runs as one exact polyphase conv1d; otherwise (e.g. 16,001 or 7,919 Hz) the same
+    filter is interpolated from a fixed table at each output's position (see ``_resample_general``), so any rate up
+    to ``MAX_SAMPLE_RATE`` takes bounded memory. A result longer than ``max_length`` samples is refused. On CUDA,
+    cuDNN may run the polyphase filter in TF32 (about 1e-3 relative error) unless ``torch.backends.cudnn.allow_tf32``
+    is off.
     """
-    for name, rate in (("orig_sr", orig_sr), ("new_sr", new_sr)):
-        if not isinstance(rate, int | np.integer) or isinstance(rate, bool) or rate <= 0:
-            raise InvalidInputError(f"{name} must be a positive integer sample rate, got {rate!r}")
+    orig_sr, new_sr = _check_rate("orig_sr", orig_sr), _check_rate("new_sr", new_sr)
     if not isinstance(waveform, Tensor) or not waveform.is_floating_point() or waveform.dim() == 0:
         raise InvalidInputError(
             f"waveform must be a floating-point torch.Tensor (..., N), got {_describe(waveform)}"
         )
     if orig_sr == new_sr:
         return waveform
-    divisor = math.gcd(int(orig_sr), int(new_sr))
-    up, down = int(new_sr) // divisor, int(orig_sr) // divisor
-    kernels, half_width = _resample_kernels(up, down, waveform.device, waveform.dtype)
+    up, down = _reduced(orig_sr, new_sr)
     length = waveform.shape[-1]
     out_length = -(-length * up // down)
-    steps = -(-out_length // up)
-    right_pad = max(0, (steps - 1) * down + kernels.shape[-1] - half_width - length)
+    if out_length > max_length:
+        raise InvalidInputError(
+            f"resampling {length} samples from {orig_sr} Hz to {new_sr} Hz gives {out_length} samples, more than "
+            f"max_length={max_length}"
+        )
     flat = waveform.reshape(-1, 1, length)
-    padded = F.pad(flat, (half_width, right_pad))
-    phases = F.conv1d(padded, kernels, stride=down)[..., :steps]
-    out = phases.transpose(1, 2).reshape(flat.shape[0], steps * up)[:, :out_length]
-    return out.reshape(*waveform.shape[:-1], out_length)
+    method = _resample_polyphase if _uses_polyphase(up, down) else _resample_general
+    return method(flat, up, down, out_length).reshape(*waveform.shape[:-1], out_length)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding and waveform preparation
 # ----------------------------------------------------------------------------------------------------------------
 
-# libsndfile notes a RIFF/AIFF chunk whose declared length runs past the end of the file as "data : N (should be M)".
-_SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# libsndfile notes a RIFF/AIFF/AU length field that runs past the end of the file as "data : N (should be M)".
+_SHORT_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # Streaming writers leave these placeholders in the length field; such files are complete, not truncated.
 _PLACEHOLDER_LENGTHS = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+# Frame counts from this on mean "unknown length" (libsndfile reports 2**63 - 1 for a FLAC file that does not say).
+_UNKNOWN_LENGTH = 1 << 62
+# A header's frame count sizes the first buffer only up to this many frames per byte of file (a FLAC file of
+# silence holds about 400); beyond that the buffer grows as samples are actually decoded.
+_TRUSTED_FRAMES_PER_BYTE = 8
+# See ``_read_limit``.
+_WHOLE_READ_FACTOR = 2
+# RIFF chunks walked to find a WAV file's data chunk.
+_MAX_RIFF_CHUNKS = 64
 
 
-def load_audio(path: str | Path) -> tuple[Tensor, int]:
+class _PatchedFile(io.RawIOBase):
+    """A binary file read through libsndfile's virtual I/O, with some header bytes replaced (``{offset: bytes}``)."""
+
+    def __init__(self, raw: BinaryIO, patches: dict[int, bytes]) -> None:
+        super().__init__()
+        self._raw, self._patches = raw, patches
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        start = self._raw.tell()
+        count = self._raw.readinto(buffer) or 0
+        view = memoryview(buffer).cast("B")
+        for offset, data in self._patches.items():
+            low, high = max(offset, start), min(offset + len(data), start + count)
+            if low < high:
+                view[low - start : high - start] = data[low - offset : high - offset]
+        return count
+
+
+def _flac_patch(raw: BinaryIO) -> tuple[dict[int, bytes], int | None]:
+    """A FLAC file's STREAMINFO with "unknown length" in place of its sample count, and the count it declared.
+
+    libsndfile stops at the declared count even where the stream goes on; with an unknown length it decodes to the
+    end, so neither a count that is too low nor one that is absurdly high (2**36) decides how much is read.
+    """
+    head = raw.read(26)
+    if len(head) < 26 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return {}, None
+    fields = int.from_bytes(head[18:26], "big")
+    declared = fields & ((1 << 36) - 1)
+    unknown = (fields - declared).to_bytes(8, "big")
+    return {18: unknown}, declared or None
+
+
+def _wav_patch(raw: BinaryIO, size: int) -> dict[int, bytes]:
+    """The data chunk length of a WAV file whose writer left it 0 (streaming), set to the bytes that follow it."""
+    head = raw.read(12)
+    if head[:4] != b"RIFF" or head[8:] != b"WAVE":
+        return {}
+    position = 12
+    for _ in range(_MAX_RIFF_CHUNKS):
+        raw.seek(position)
+        header = raw.read(8)
+        if len(header) < 8:
+            return {}
+        length = int.from_bytes(header[4:], "little")
+        if header[:4] == b"data":
+            remaining = size - position - 8
+            if length or remaining <= 0:
+                return {}
+            return {position + 4: min(remaining, 0xFFFFFFFF).to_bytes(4, "little")}
+        position += 8 + length + (length & 1)
+    return {}
+
+
+def _checked_file(path: str | os.PathLike) -> int:
+    """The size in bytes of the audio file ``path``; AudioDecodeError naming it when it is not a non-empty file."""
+    problem = file_problem(path)
+    if problem == "does not exist":
+        raise AudioDecodeError(f"{shown(path)}: audio file not found")
+    if problem:
+        raise AudioDecodeError(f"{shown(path)}: cannot read audio: the path {problem}")
+    size = os.stat(path).st_size
+    if size == 0:
+        raise AudioDecodeError(f"{shown(path)}: audio file is empty (0 bytes)")
+    return size
+
+
+def _read_block(source: soundfile.SoundFile, block: np.ndarray) -> int:
+    """Decode up to ``len(block)`` frames into ``block`` -> frames decoded (0 at the end of the stream).
+
+    Calls libsndfile directly: ``SoundFile.read`` seeks after every block, which fails on FLAC files of unknown
+    length, and never reads past the header's frame count.
+    """
+    count = soundfile._snd.sf_readf_float(
+        source._file, soundfile._ffi.cast("float *", block.ctypes.data), len(block)
+    )
+    soundfile._error_check(source._errorcode)
+    return int(count)
+
+
+def _first_capacity(declared: int | None, limit: int | None, size: int, channels: int) -> int:
+    """Frames to allocate before decoding: the header's count, believed up to what the file size makes plausible."""
+    plausible = max(_READ_BLOCK_FRAMES, _TRUSTED_FRAMES_PER_BYTE * size // channels)
+    capacity = plausible if declared is None else min(declared, plausible)
+    return capacity if limit is None else min(capacity, limit)
+
+
+def _read_frames(source: soundfile.SoundFile, capacity: int, limit: int | None) -> Tensor:
+    """Decode ``source`` block by block into a (channels, frames) tensor, up to ``limit`` frames or its end.
+
+    The tensor starts at ``capacity`` frames and doubles when the stream holds more, so that no header value sizes
+    an allocation beyond what is decoded; the extra memory is one block (65536 frames) when ``capacity`` is right.
+    """
+    channels = source.channels
+    waveform = torch.empty(channels, max(capacity, 1), dtype=torch.float32)
+    block = np.empty((min(_READ_BLOCK_FRAMES, limit or _READ_BLOCK_FRAMES), channels), dtype=np.float32)
+    filled = 0
+    while limit is None or filled < limit:
+        wanted = len(block) if limit is None else min(len(block), limit - filled)
+        count = _read_block(source, block[:wanted])
+        if count == 0:
+            break
+        if filled + count > waveform.shape[1]:
+            grown = torch.empty(channels, max(2 * waveform.shape[1], filled + count), dtype=torch.float32)
+            grown[:, :filled] = waveform[:, :filled]
+            waveform = grown
+        waveform[:, filled : filled + count] = torch.from_numpy(block[:count]).t()
+        filled += count
+    return waveform[:, :filled].contiguous()
+
+
+def _decode(path: str | os.PathLike, frames_needed: Callable[[int], int | None]) -> tuple[Tensor, int]:
+    """Decode the first ``frames_needed(sample_rate)`` frames of an audio file (None: all of them)."""
+    size = _checked_file(path)
+    name = shown(path)
+    try:
+        with open(path, "rb") as raw:
+            patches, declared = _flac_patch(raw)
+            raw.seek(0)
+            patches = patches or _wav_patch(raw, size)
+            raw.seek(0)
+            with soundfile.SoundFile(_PatchedFile(raw, patches)) as source:
+                if declared is None and source.frames < _UNKNOWN_LENGTH:
+                    declared = source.frames
+                if declared == 0:
+                    raise AudioDecodeError(f"{name}: audio file holds no samples")
+                _check_data_length(source, name)
+                limit = _read_limit(frames_needed(source.samplerate), declared)
+                capacity = _first_capacity(declared, limit, size, source.channels)
+                waveform, sample_rate = _read_frames(source, capacity, limit), source.samplerate
+    except (soundfile.SoundFileError, OSError) as error:
+        if isinstance(error, AudioDecodeError):
+            raise
+        raise AudioDecodeError(f"{name}: cannot decode audio ({error})") from error
+    _check_complete(waveform.shape[1], declared, limit, name)
+    return waveform, int(sample_rate)
+
+
+def _read_limit(needed: int | None, declared: int | None) -> int | None:
+    """Frames to decode when ``needed`` are used: a file that declares at most ``_WHOLE_READ_FACTOR`` times that
+    many is read whole (up to that factor), so that its truncation or mid-stream damage is still detected."""
+    if needed is not None and declared is not None and declared <= _WHOLE_READ_FACTOR * needed:
+        return _WHOLE_READ_FACTOR * needed
+    return needed
+
+
+def _check_data_length(source: soundfile.SoundFile, name: str) -> None:
+    """AudioDecodeError when libsndfile noted a data length past the end of the file (an interrupted download)."""
+    short_chunk = _SHORT_CHUNK.search(source.extra_info)
+    if short_chunk and int(short_chunk.group(1)) not in _PLACEHOLDER_LENGTHS:
+        raise AudioDecodeError(
+            f"{name}: truncated audio file: its header declares {short_chunk.group(1)} bytes of audio but "
+            f"only {short_chunk.group(2)} are present"
+        )
+
+
+def _check_complete(filled: int, declared: int | None, limit: int | None, name: str) -> None:
+    """AudioDecodeError when fewer frames were decoded than wanted and declared, or none at all."""
+    if filled == 0:
+        raise AudioDecodeError(f"{name}: audio file holds no samples")
+    expected = declared if limit is None or declared is None else min(declared, limit)
+    if expected is not None and filled < expected:
+        raise AudioDecodeError(
+            f"{name}: truncated audio file: its header declares {declared} frames but only {filled} could be decoded"
+        )
+
+
+def load_audio(path: str | os.PathLike, *, max_frames: int | None = None) -> tuple[Tensor, int]:
     """Decode an audio file (any format libsndfile reads: WAV, FLAC, OGG/Vorbis, MP3, ...) -> (channels, samples), Hz.
 
-    Samples are float32 in [-1, 1]. The file is decoded block by block straight into the output tensor, so the extra
-    memory is one block (65536 frames) whatever the file's length. Raises AudioDecodeError, naming the file, if it is
-    missing, empty, not audio, holds no samples, or is truncated (its header promises more audio than it contains).
+    Samples are float32 in [-1, 1]. With ``max_frames`` decoding stops after that many frames. The file is decoded
+    block by block straight into the output tensor, so the extra memory is one block (65536 frames) whatever the
+    file's length; a header's length (which may lie, or say "unknown") never sizes more than a buffer that the file
+    size makes plausible, which grows as samples arrive. Raises AudioDecodeError, naming the file, if it is missing,
+    not a regular file, empty, not audio, holds no samples, or is truncated (its header promises more audio than it
+    contains). A WAV file whose data length was left 0 by a streaming writer is read to its end.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioDecodeError(f"{path}: audio file not found")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(f"{path}: audio file is empty (0 bytes)")
-    try:
-        with soundfile.SoundFile(str(path)) as source:
-            declared, channels, sample_rate = source.frames, source.channels, source.samplerate
-            if declared <= 0:
-                raise AudioDecodeError(f"{path}: audio file holds no samples")
-            short_chunk = _SHORT_CHUNK.search(source.extra_info)
-            if short_chunk and int(short_chunk.group(1)) not in _PLACEHOLDER_LENGTHS:
-                raise AudioDecodeError(
-                    f"{path}: truncated audio file: its header declares {short_chunk.group(1)} bytes of audio but "
-                    f"only {short_chunk.group(2)} are present"
-                )
-            waveform = torch.empty(channels, declared, dtype=torch.float32)
-            block = np.empty((min(declared, _READ_BLOCK_FRAMES), channels), dtype=np.float32)
-            filled = 0
-            while filled < declared:
-                count = source.read(min(len(block), declared - filled), dtype="float32", out=block).shape[0]
-                if count == 0:
-                    break
-                waveform[:, filled : filled + count] = torch.from_numpy(block[:count]).t()
-                filled += count
-    except soundfile.SoundFileError as error:
-        raise AudioDecodeError(f"{path}: cannot decode audio ({error})") from error
-    if filled < declared:
-        raise AudioDecodeError(
-            f"{path}: truncated audio file: its header declares {declared} frames but only {filled} could be decoded"
-        )
-    return waveform, int(sample_rate)
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise InvalidInputError(f"max_frames must be a positive integer or None, got {max_frames!r}")
+    return _decode(path, lambda sample_rate: max_frames)
 
 
 _PCM_SCALES = {
@@ -445,16 +751,19 @@ def prepare_waveform(
         raise InvalidInputError(
             f"{source}: sample_rate is required for a raw array or tensor (the rate it was recorded at, in Hz)"
         )
-    if not isinstance(sample_rate, int | np.integer) or isinstance(sample_rate, bool) or sample_rate <= 0:
-        raise InvalidInputError(
-            f"{source}: sample_rate must be a positive integer number of Hz, got {sample_rate!r}"
-        )
+    try:
+        sample_rate = _check_rate("sample_rate", sample_rate)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{source}: {error}") from None
     tensor = _channels_first(_as_tensor(x, source), source)
     if tensor.shape[-1] == 0:
         raise InvalidInputError(f"{source}: waveform has no samples")
     channels = _to_float(tensor, source)
     mono = channels[0] if channels.shape[0] == 1 else channels.mean(dim=0)
-    return resample(mono, sample_rate, target_sample_rate).contiguous()
+    try:
+        return resample(mono, sample_rate, target_sample_rate).contiguous()
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{source}: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -502,13 +811,13 @@ def waveform_to_fbank(
     (the spread of the dataset statistics' output) and padded frames are 0: a gain or a quieter microphone adds a
     constant to every log-mel value above the log floor, which this removes.
     """
-    if windows not in ("crop", "sliding"):
-        raise InvalidInputError(f"windows must be 'crop' or 'sliding', got {windows!r}")
+    _check_windows(windows)
+    kept = crop_samples(config)
     mono = prepare_waveform(waveform, sample_rate, config.sample_rate, source=source)
     mean = mono.mean()
     try:
         if windows == "crop":
-            mono = mono[: crop_samples(config)]
+            mono = mono[:kept]
         fbank = kaldi_fbank(
             mono - mean,
             config.sample_rate,
@@ -518,6 +827,7 @@ def waveform_to_fbank(
         )
     except InvalidInputError as error:
         raise InvalidInputError(f"{source}: {error}") from error
+    _check_overflow(fbank, mono, source)
     utterance = config.audio_normalization == "utterance"
     if utterance:
         fbank = _normalize_utterance(fbank)
@@ -527,7 +837,33 @@ def waveform_to_fbank(
         fbank = _fit_length(fbank, count * length).reshape(count, length, config.num_mel_bins)
     else:
         fbank = _fit_length(fbank, length)
-    return fbank if utterance else (fbank - config.audio_mean) / config.audio_std
+    return fbank if utterance else _normalize_dataset(fbank, config)
+
+
+def _check_windows(windows: object) -> None:
+    if windows not in ("crop", "sliding"):
+        raise InvalidInputError(f"windows must be 'crop' or 'sliding', got {windows!r}")
+
+
+def _check_overflow(fbank: Tensor, mono: Tensor, source: str) -> None:
+    """InvalidInputError when finite samples are so large that their frame powers overflow float32 (about 1e16)."""
+    if not all_finite(fbank):
+        peak = float(mono.abs().max())
+        raise InvalidInputError(
+            f"{source}: samples too large: the peak magnitude {peak:.3g} overflows the float32 filterbank; "
+            "float samples are expected in [-1, 1]"
+        )
+
+
+def _normalize_dataset(fbank: Tensor, config: EquiAVConfig) -> Tensor:
+    """``(fbank - audio_mean) / audio_std``; ConfigError when those constants make it overflow float32."""
+    normalized = (fbank - config.audio_mean) / config.audio_std
+    if not all_finite(normalized):
+        raise ConfigError(
+            f"config field 'audio_std' = {config.audio_std!r} (with audio_mean = {config.audio_mean!r}) makes the "
+            "normalized filterbank overflow float32; use the statistics of the training data (about 4.3)"
+        )
+    return normalized
 
 
 def _normalize_utterance(fbank: Tensor) -> Tensor:
@@ -543,19 +879,40 @@ def crop_samples(config: EquiAVConfig) -> int:
     """Samples that hold the first ``config.target_length`` frames (Kaldi framing with ``snip_edges``): all that
     ``waveform_to_fbank(..., windows="crop")`` reads of a clip besides its mean, which the filterbank's per-frame DC
     removal cancels, so a decoder may stop after this many samples."""
-    window_size, hop = _frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)
+    try:
+        window_size, hop = _frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)
+    except InvalidInputError as error:
+        raise ConfigError(f"config fields 'frame_length_ms' and 'frame_shift_ms': {error}") from None
     return window_size + (config.target_length - 1) * hop
 
 
-def load_fbank(path: str | Path, config: EquiAVConfig, *, windows: str = "crop") -> Tensor:
-    """``waveform_to_fbank`` of an audio file (decoded with ``load_audio``, channels averaged, resampled).
+def _crop_frames(path: str | os.PathLike, config: EquiAVConfig) -> Callable[[int], int]:
+    """Frames of a file at a given rate that the resampler needs for the ``crop_samples`` samples "crop" keeps."""
+    kept = crop_samples(config)
+
+    def frames(sample_rate: int) -> int:
+        try:
+            return resample_input_length(kept, sample_rate, config.sample_rate)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{shown(path)}: {error}") from None
+
+    return frames
+
+
+def load_fbank(path: str | os.PathLike, config: EquiAVConfig, *, windows: str = "crop") -> Tensor:
+    """``waveform_to_fbank`` of an audio file (decoded like ``load_audio``, channels averaged, resampled).
 
     The file's layout is known to be (channels, samples), so its channels are averaged here, whatever their count,
-    and a file of a few samples gets the "too short for one frame" error rather than an ambiguous-shape one.
+    and a file of a few samples gets the "too short for one frame" error rather than an ambiguous-shape one. With
+    ``windows="crop"`` decoding stops after the samples the kept frames need (``resample_input_length`` of
+    ``crop_samples``), so a ten-hour file costs what its first seconds cost; the mean removed is then that of the
+    decoded part, which changes the output only by float rounding (see ``waveform_to_fbank``).
     """
-    waveform, sample_rate = load_audio(path)
+    _check_windows(windows)
+    frames_needed = _crop_frames(path, config) if windows == "crop" else lambda sample_rate: None
+    waveform, sample_rate = _decode(path, frames_needed)
     mono = waveform[0] if waveform.shape[0] == 1 else waveform.mean(dim=0)
-    return waveform_to_fbank(mono, sample_rate, config, windows=windows, source=str(path))
+    return waveform_to_fbank(mono, sample_rate, config, windows=windows, source=shown(path))
 
 
 def _describe(value: object) -> str:
@@ -563,3 +920,30 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Raw inputs of ``embed_audio``
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def audio_input_to_fbanks(
+    item: object, sample_rate: int | None, config: EquiAVConfig, windows: str
+) -> Tensor:
+    """One audio file path, numpy array or tensor -> normalized filterbank windows (W, T, F); W = 1 with "crop"."""
+    if isinstance(item, (str, Path)):
+        fbank = load_fbank(item, config, windows=windows)
+    elif isinstance(item, (np.ndarray, Tensor)):
+        fbank = waveform_to_fbank(item, sample_rate, config, windows=windows)
+    else:
+        raise InvalidInputError(
+            f"audio input must be a file path, a numpy array or a torch.Tensor waveform, got {type(item).__name__}"
+        )
+    return fbank if windows == "sliding" else fbank.unsqueeze(0)
+
+
+def audio_inputs_to_fbanks(
+    items: list[object], sample_rate: int | None, config: EquiAVConfig, windows: str = "crop"
+) -> list[Tensor]:
+    """``audio_input_to_fbanks`` of every item."""
+    return [audio_input_to_fbanks(item, sample_rate, config, windows) for item in items]

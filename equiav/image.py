@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from PIL import Image, ImageOps
 
 from .config import EquiAVConfig
 from .errors import ImageDecodeError, InvalidInputError
+from .paths import as_path, file_problem, shown
 
 ImageInput = Image.Image | str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -63,29 +63,33 @@ _WHITE = (255, 255, 255, 255)
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file fully into an RGB PIL image, applying its EXIF orientation.
 
-    Raises ``ImageDecodeError`` naming the file for a missing, truncated, corrupt or non-image file, and for images
-    above PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; raise it for trusted huge files). PIL itself
-    only warns up to twice that limit; here the limit is enforced from the header, before any pixel is decoded.
+    Raises ``ImageDecodeError`` naming the file for a missing, truncated, corrupt or non-image file, for a path that
+    is a directory, a FIFO, a symbolic link loop or a URL (never fetched), for a header whose lengths make the decoder
+    run out of memory, and for images above PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; raise it
+    for trusted huge files). PIL itself only warns up to twice that limit; here the limit is enforced from the
+    header, before any pixel is decoded.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidInputError(
             f"load_image expects a file path (str or os.PathLike), got {type(path).__name__}"
         )
-    path = Path(path)
-    if not path.is_file():
-        reason = "is a directory" if path.is_dir() else "does not exist"
-        raise ImageDecodeError(f"cannot read image {path}: the path {reason}")
+    name = shown(path)
+    problem = file_problem(path)
+    if problem:
+        raise ImageDecodeError(f"cannot read image {name}: the path {problem}")
     try:
-        with Image.open(path) as image:
+        with Image.open(as_path(path)) as image:
             _check_pixel_count(image.width * image.height)
             image.load()  # decode every pixel now so a truncated file fails here, not later
             image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(
-            f"refusing to decode image {path}: {error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted."
+            f"refusing to decode image {name}: {error} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted."
         ) from error
+    except MemoryError as error:
+        raise ImageDecodeError(f"cannot decode image {name}: its header's sizes exhaust memory") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
+        raise ImageDecodeError(f"cannot decode image {name}: {error}") from error
     return to_rgb(image)
 
 
@@ -101,7 +105,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     Transparent images are composited on white. 16-bit images (``I;16*``) are scaled by 255/65535. ``I`` images are
     read as 16-bit when their values fit 0..65535 (PNG and TIFF), ``F`` images as [0, 1] or else 0..255 when their
-    values fit; other ``I``/``F`` ranges are stretched from their finite min..max. CMYK, YCbCr, LAB, HSV, palette and
+    values fit; other ``I``/``F`` ranges are stretched from their min..max; NaN or
+    infinite ``F`` pixels raise ``InvalidInputError``. CMYK, YCbCr, LAB, HSV, palette and
     bilevel images use PIL's conversion (CMYK ignores any ICC profile).
     """
     if not isinstance(image, Image.Image):
@@ -125,10 +130,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """Map 16/32-bit integer or float pixel values to 0..255 (see ``to_rgb`` for the range rule)."""
+    """Map 16/32-bit integer or float pixel values to 0..255 (see ``to_rgb`` for the range rule).
+
+    NaN or infinite pixels (float TIFFs, mode "F") are refused, as they are in float arrays and tensors.
+    """
     values = values.astype(np.float64)
-    finite = values[np.isfinite(values)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if values.size and not np.isfinite([values.min(), values.max()]).all():
+        raise InvalidInputError(f"PIL image of mode {mode!r} contains NaN or infinite pixel values")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
         scaled = values * (255.0 / 65535.0)
     elif mode == "F" and low >= 0 and high <= 1:
@@ -137,7 +146,6 @@ def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
         scaled = values
     else:
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
@@ -151,7 +159,7 @@ def preprocess_image(image: ImageInput, config: EquiAVConfig | None = None) -> t
         try:
             return _preprocess_pil(load_image(image), config)
         except InvalidInputError as error:
-            raise InvalidInputError(f"image {image}: {error}") from error
+            raise InvalidInputError(f"image {shown(image)}: {error}") from error
     if isinstance(image, Image.Image):
         return _preprocess_pil(to_rgb(image), config)
     if isinstance(image, np.ndarray):
@@ -207,6 +215,8 @@ def _checked_resized_size(height: int, width: int, short_side: int) -> tuple[int
 
 def _preprocess_pil(image: Image.Image, config: EquiAVConfig) -> torch.Tensor:
     width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInputError(f"PIL image of {width}x{height} pixels: width and height must be at least 1")
     new_height, new_width = _checked_resized_size(height, width, config.image_resize)
     if (new_height, new_width) != (height, width):
         image = image.resize((new_width, new_height), _PIL_FILTERS[config.image_interpolation])
