@@ -20,7 +20,6 @@ training.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Sequence
@@ -30,17 +29,18 @@ from typing import Any
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_file
 from torch import nn
 
 from .config import EquiAVConfig
-from .convert import check_state_dict, clean_official_state_dict, infer_config, read_checkpoint
+from .dataclass_io import from_dict
 from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownModelError
-from .layers import PatchEmbed, init_patch_embed, init_weights, run_blocks, sincos_2d, transformer_blocks
+from .hub import CONFIG_FILE, WEIGHTS_FILE, download_weights, looks_like_repo_id, read_weights, save_weights
+from .labels import load_label_names, read_label_file
+from .layers import init_weights
 from .packing import pack_linear_layers
+from .state_dicts import check_state_dict, clean_official_state_dict, infer_config, read_checkpoint
+from .towers import TOWER_PARTS, Towers
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 MODES = ("audio_visual", "audio", "visual")
 HEADS = ("linear", "mlp")
 MODE_ALIASES = {
@@ -131,24 +131,8 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "classifier config") -> ClassifierConfig:
-        if not isinstance(data, dict) or "backbone" not in data or "num_classes" not in data:
-            raise ConfigError(f"{source}: expected a JSON object with at least 'backbone' and 'num_classes'")
-        known = {
-            "backbone",
-            "num_classes",
-            "mode",
-            "head",
-            "head_hidden_dim",
-            "drop_path",
-            "multi_label",
-            "label_names",
-        }
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown classifier config field(s) {unknown}; known: {sorted(known)}"
-            )
-        return cls(**data)
+        """Build from a dict (e.g. a ``config.json``), rejecting unknown and missing fields."""
+        return from_dict(cls, data, source, what="classifier config")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -176,7 +160,7 @@ def classification_head(kind: str, in_dim: int, hidden_dim: int, num_classes: in
 
 
 class EquiAVClassifier(
-    nn.Module,
+    Towers,
     PyTorchModelHubMixin,
     library_name="equiav",
     tags=["audio-visual", "audio-classification", "image-classification", "equiav"],
@@ -197,20 +181,9 @@ class EquiAVClassifier(
         self.config = config
         self._hub_mixin_config = config.to_dict()
         bb = config.backbone
-        dim, eps = bb.embed_dim, bb.layer_norm_eps
-        tower = dict(dim=dim, depth=bb.depth, num_heads=bb.num_heads, mlp_ratio=bb.mlp_ratio, eps=eps)
-        if config.uses_audio:
-            self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
-            self.register_buffer("pos_embed_a", sincos_2d(*bb.audio_grid, dim)[None])
-            self.patch_embed_a = PatchEmbed(bb.patch_size, bb.in_chans, dim)
-            self.blocks_a = transformer_blocks(**tower, drop_path=config.drop_path)
-            self.norm_a = nn.LayerNorm(dim, eps=eps)
-        if config.uses_image:
-            self.modality_v = nn.Parameter(torch.zeros(1, 1, dim))
-            self.register_buffer("pos_embed_v", sincos_2d(*bb.image_grid, dim)[None])
-            self.patch_embed_v = PatchEmbed(bb.patch_size, bb.in_chans, dim)
-            self.blocks_v = transformer_blocks(**tower, drop_path=config.drop_path)
-            self.norm_v = nn.LayerNorm(dim, eps=eps)
+        towers = [tower for tower, used in (("a", config.uses_audio), ("v", config.uses_image)) if used]
+        self._build_towers(bb, [(part, tower) for tower in towers for part in TOWER_PARTS], config.drop_path)
+        dim = bb.embed_dim
         if config.uses_audio:
             self.pred_a_inter = nn.Linear(dim, bb.inter_proj_dim)
         if config.mode == "audio_visual":
@@ -218,19 +191,13 @@ class EquiAVClassifier(
         self.mlp_head = classification_head(
             config.head, config.feature_dim, config.head_hidden_dim, config.num_classes
         )
-        self.grad_checkpointing = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
 
     def reset_parameters(self) -> None:
         """The authors' initialization: xavier linear layers with zero bias, unit norms, N(0, 0.02) modality tokens."""
-        for name in ("patch_embed_a", "patch_embed_v"):
-            if hasattr(self, name):
-                init_patch_embed(getattr(self, name))
-        for name in ("modality_a", "modality_v"):
-            if hasattr(self, name):
-                nn.init.normal_(getattr(self, name), std=0.02)
+        self._reset_towers()
         self.apply(init_weights)
 
     @classmethod
@@ -251,10 +218,6 @@ class EquiAVClassifier(
         check_state_dict({k: own[k] for k in tower_keys}, transferred, "backbone")
         model.load_state_dict(transferred, strict=False)
         return model
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each transformer block in the backward pass to save activation memory."""
-        self.grad_checkpointing = enable
 
     def pack_for_cpu(self) -> EquiAVClassifier:
         """Faster CPU inference with linear weights prepacked for oneDNN (see ``EquiAVModel.pack_for_cpu``)."""
@@ -281,42 +244,7 @@ class EquiAVClassifier(
         """Named parameters of the classification head (``mlp_head``), trained at a higher rate by the authors."""
         return [(n, p) for n, p in self.named_parameters() if n.startswith("mlp_head.")]
 
-    # ------------------------------------------------------------------ towers
-
-    def _check(self, x: Any, name: str, shapes: list[tuple[int, ...]]) -> torch.Tensor:
-        expected = " or ".join(f"(B, {', '.join(map(str, s))})" for s in shapes)
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InvalidInputError(f"{name} must be a floating-point tensor of shape {expected}, got {what}")
-        if tuple(x.shape[1:]) not in shapes or x.shape[0] == 0:
-            raise InvalidInputError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-        return x.to(device=self.device, dtype=self.dtype)
-
-    def _run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        return run_blocks(blocks, x, recompute)
-
-    def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
-        """Final-normed audio tokens (B, N, D) of normalized filterbanks (B, T, F) or (B, C, T, F)."""
-        bb = self.config.backbone
-        audio = self._check(
-            audio,
-            "audio",
-            [(bb.target_length, bb.num_mel_bins), (bb.in_chans, bb.target_length, bb.num_mel_bins)],
-        )
-        if audio.dim() == 3:
-            x = self.patch_embed_a.forward_single_channel(audio.transpose(1, 2).unsqueeze(1))
-        else:
-            x = self.patch_embed_a(audio.transpose(2, 3))
-        x = x + self.pos_embed_a + self.modality_a
-        return self.norm_a(self._run_blocks(x, self.blocks_a))
-
-    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        """Final-normed image tokens (B, N, D) of normalized images (B, C, H, W)."""
-        bb = self.config.backbone
-        image = self._check(image, "image", [(bb.in_chans, bb.image_size, bb.image_size)])
-        x = self.patch_embed_v(image) + self.pos_embed_v + self.modality_v
-        return self.norm_v(self._run_blocks(x, self.blocks_v))
+    # ------------------------------------------------------------------ features
 
     def features(self, audio: torch.Tensor | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
         """The head's input (B, feature_dim) for this mode; inputs the mode does not use are ignored."""
@@ -395,8 +323,6 @@ class EquiAVClassifier(
     # ------------------------------------------------------------------ weights
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        from .hub import save_weights
-
         save_weights(self, Path(save_directory))
 
     @classmethod
@@ -427,11 +353,9 @@ class EquiAVClassifier(
             model = _load_directory(cls, path)
         elif path.is_file():
             model = _load_official(cls, path, mode, config, **overrides)
-        elif _looks_like_repo_id(str(name_or_path)):
-            from .hub import _download
-
+        elif looks_like_repo_id(str(name_or_path)):
             model = _load_directory(
-                cls, _download(str(name_or_path), revision, cache_dir, token, local_files_only, False)
+                cls, download_weights(str(name_or_path), revision, cache_dir, token, local_files_only)
             )
         else:
             raise UnknownModelError(
@@ -464,11 +388,6 @@ class EquiAVClassifier(
         self._hub_mixin_config = self.config.to_dict()
 
 
-def _looks_like_repo_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
 def _load_directory(cls, directory: Path) -> EquiAVClassifier:
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
@@ -476,10 +395,7 @@ def _load_directory(cls, directory: Path) -> EquiAVClassifier:
             f"{directory}: expected {CONFIG_FILE} and {WEIGHTS_FILE} written by EquiAVClassifier.save_pretrained"
         )
     model = cls(ClassifierConfig.load(config_path))
-    try:
-        tensors = load_file(str(weights_path))
-    except Exception as error:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({error})") from error
+    tensors = read_weights(weights_path)
     check_state_dict(model.state_dict(), tensors, str(weights_path))
     model.load_state_dict(tensors)
     return model
@@ -554,47 +470,6 @@ def _unused_official_keys(mode: str) -> tuple[str, ...]:
     if mode == "visual":
         return audio + ("pred_v_inter.",)
     return ()
-
-
-def load_label_names(path: str | Path) -> list[str]:
-    """Class names from a label file, in class-index order.
-
-    A CSV with a header that has a ``display_name`` column (AudioSet's ``class_labels_indices.csv``: ``index, mid,
-    display_name``; an ``index`` column, when present, orders the rows) or a plain text file with one name per line.
-    """
-    return read_label_file(path)[1]
-
-
-def read_label_file(path: str | Path) -> tuple[list[str], list[str]]:
-    """``(ids, names)`` of a label file: ids are the ``mid`` column of a CSV (or the names themselves)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read label file ({error})") from error
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ConfigError(f"{path}: label file is empty")
-    first = next(csv.reader([lines[0]]))
-    header = [cell.strip().lower() for cell in first]
-    if "display_name" not in header:
-        names = [line.strip() for line in lines]
-        return names, names
-    rows = list(csv.DictReader(lines))
-    rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
-    if "index" in header:
-        try:
-            rows.sort(key=lambda row: int(row["index"]))
-        except ValueError as error:
-            raise ConfigError(f"{path}: the 'index' column must hold integers ({error})") from error
-        indices = [int(row["index"]) for row in rows]
-        if indices != list(range(len(rows))):
-            raise ConfigError(
-                f"{path}: the 'index' column must number the classes 0..{len(rows) - 1} without gaps"
-            )
-    names = [row["display_name"] for row in rows]
-    ids = [row.get("mid") or row["display_name"] for row in rows]
-    return ids, names
 
 
 __all__ = [

@@ -1,11 +1,27 @@
-"""The ``equiav`` command line: ``embed``, ``similarity``, ``convert``, ``info``, ``eval``, ``demo``, ``localize``."""
+"""The ``equiav`` command line: ``embed``, ``similarity``, ``convert``, ``info``, ``demo``, ``localize``, and the
+commands other packages register (``eval`` from ``equiav.training``).
+
+A package adds a subcommand with an entry point in the ``equiav.commands`` group whose object is a ``Command``, e.g.
+in its ``pyproject.toml``::
+
+    [project.entry-points."equiav.commands"]
+    eval = "equiav.training.evaluate:COMMAND"
+
+``equiav eval ARGS...`` then calls that command's ``main(ARGS)``, which parses the rest of the command line itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+
+COMMAND_GROUP = "equiav.commands"
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -154,11 +170,36 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(model.config.to_json())
 
 
+@dataclass(frozen=True)
+class Command:
+    """A subcommand registered in the ``equiav.commands`` entry-point group: its one-line ``help`` and its
+    ``main(argv)``, which parses and runs the arguments after the command name."""
+
+    help: str
+    main: Callable[[list[str] | None], None]
+
+
+# Library modules that parse their own arguments: (module with a ``main(argv)``, help).
 DELEGATES = {
-    "eval": ("equiav.training.evaluate", "evaluation (e.g. `equiav eval retrieval ...`)"),
     "demo": ("equiav.demo", "zero-shot audio<->image retrieval demo with the packaged model"),
     "localize": ("equiav.localize", "sound-source localization heat map over an image"),
 }
+
+
+def registered_commands() -> dict[str, EntryPoint]:
+    """Entry points of the ``equiav.commands`` group by command name (built-in names cannot be taken)."""
+    return {point.name: point for point in entry_points(group=COMMAND_GROUP) if point.name not in DELEGATES}
+
+
+def load_command(point: EntryPoint) -> Command:
+    """The ``Command`` an entry point names."""
+    command = point.load()
+    if not isinstance(command, Command):
+        raise SystemExit(
+            f"equiav: entry point {point.name} = {point.value} of group {COMMAND_GROUP} is a "
+            f"{type(command).__name__}, not an equiav.cli.Command"
+        )
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", default=None)
     info.set_defaults(func=cmd_info)
 
+    for name, point in sorted(registered_commands().items()):
+        sub.add_parser(name, help=load_command(point).help, add_help=False)
     for name, (_, help_text) in DELEGATES.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -209,9 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATES:
-        import importlib
-
         importlib.import_module(DELEGATES[argv[0]][0]).main(argv[1:])
+        return
+    registered = registered_commands()
+    if argv and argv[0] in registered:
+        load_command(registered[argv[0]]).main(argv[1:])
         return
     args = build_parser().parse_args(argv)
     from .errors import EquiAVError

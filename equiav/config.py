@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .dataclass_io import from_dict
 from .errors import ConfigError, UnknownModelError
 
 AUDIO_NORMALIZATIONS = ("dataset", "utterance")
@@ -169,18 +170,7 @@ class EquiAVConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> EquiAVConfig:
         """Build a config from a dict, rejecting unknown fields (a typo would otherwise be ignored silently)."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown config field(s) {unknown}; known fields are {sorted(known)}"
-            )
-        try:
-            return cls(**data)
-        except (ConfigError, TypeError) as error:
-            raise ConfigError(f"{source}: {error}") from error
+        return from_dict(cls, data, source)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

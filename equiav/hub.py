@@ -16,14 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import EquiAVConfig, list_models
-from .convert import (
+from .errors import CheckpointError, ConfigError, UnknownModelError
+from .state_dicts import (
     check_state_dict,
     clean_official_state_dict,
     infer_config,
     is_finetune_state_dict,
     read_checkpoint_and_config,
 )
-from .errors import CheckpointError, ConfigError, UnknownModelError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -100,10 +100,7 @@ def load_directory(
         raise CheckpointError(
             f"{directory}: no {WEIGHTS_FILE}; expected a directory written by save_pretrained"
         )
-    try:
-        tensors = load_file(str(weights_path))
-    except Exception as error:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({error})") from error
+    tensors = read_weights(weights_path)
     model = cls(config)
     _apply_weights(model, tensors, str(weights_path), strict)
     return model
@@ -149,7 +146,16 @@ def load_official_checkpoint(
     return model
 
 
-def _looks_like_repo_id(name: str) -> bool:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``model.safetensors`` file."""
+    try:
+        return load_file(str(path))
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def looks_like_repo_id(name: str) -> bool:
+    """Whether ``name`` has the form of a hub repository id, ``owner/name`` (and is not a relative path)."""
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
@@ -200,8 +206,8 @@ def load_model(
             f"initialized model, or convert the authors' checkpoint with `equiav convert`. Packaged weights: "
             f"{', '.join(list_pretrained()) or 'none'}"
         )
-    elif _looks_like_repo_id(name):
-        folder = _download(name, revision, cache_dir, token, local_files_only, force_download)
+    elif looks_like_repo_id(name):
+        folder = download_weights(name, revision, cache_dir, token, local_files_only, force_download)
         model = load_directory(cls, folder, base, strict, **overrides)
     else:
         raise UnknownModelError(
@@ -214,7 +220,15 @@ def load_model(
     return model
 
 
-def _download(repo_id, revision, cache_dir, token, local_files_only, force_download) -> Path:
+def download_weights(
+    repo_id: str,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> Path:
+    """Fetch ``config.json`` and ``model.safetensors`` of a hub repository into the cache; returns their folder."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .frontend import audio_input_to_fbanks
+from .audio import audio_input_to_fbanks
+from .config import EquiAVConfig
 from .image import load_image, preprocess_image, resized_size
 
 
@@ -39,10 +40,12 @@ def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image
     return Image.blend(image.convert("RGB"), colors, alpha)
 
 
-def center_crop(image: Image.Image, config) -> Image.Image:
-    """The resized, center-cropped image the model sees, so the heat map lines up with it."""
+def center_crop(image: Image.Image, config: EquiAVConfig) -> Image.Image:
+    """The resized, center-cropped image the model sees (resized with ``config.image_interpolation``, as
+    ``equiav.image.preprocess_image`` does), so the heat map lines up with it."""
     height, width = resized_size(image.height, image.width, config.image_resize)
-    resized = image.convert("RGB").resize((width, height), Image.BICUBIC)
+    resample = Image.Resampling[config.image_interpolation.upper()]
+    resized = image.convert("RGB").resize((width, height), resample)
     left = (resized.width - config.image_size) // 2
     top = (resized.height - config.image_size) // 2
     return resized.crop((left, top, left + config.image_size, top + config.image_size))

@@ -1,7 +1,7 @@
 """The EquiAV model: two transformer towers, a transformation predictor per modality and four projection heads.
 
 Module and parameter names match the authors' checkpoints (reference section 1), so their weights load by name after
-stripping the wrapper prefixes (see ``equiav.convert``).
+stripping the wrapper prefixes (see ``equiav.state_dicts``).
 
 Differences from the authors' inference path: their ``forward_feat`` draws 16 fresh random augmentation vectors for
 every clip on every call, so the same input gives slightly different embeddings each time. ``encode_audio`` and
@@ -24,23 +24,12 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .checks import all_finite
+from .aug_vectors import AudioAugmentConfig, VisualAugmentConfig, sample_audio_vectors, sample_visual_vectors
 from .config import EquiAVConfig
 from .errors import InvalidInputError
-from .layers import (
-    PatchEmbed,
-    ProjectionHead,
-    TransformationPredictor,
-    augmentation_encoder,
-    init_patch_embed,
-    init_weights,
-    run_blocks,
-    sincos_2d,
-    transformer_blocks,
-)
+from .layers import ProjectionHead, TransformationPredictor, augmentation_encoder, init_weights
 from .packing import pack_linear_layers
-
-VIEW_BUFFERS = ("audio_views", "visual_views")
+from .towers import TOWER_PARTS, TOWERS, Towers
 
 
 @dataclass
@@ -83,7 +72,7 @@ def _as_config(config: EquiAVConfig | dict[str, Any] | str | None) -> EquiAVConf
 
 
 class EquiAVModel(
-    nn.Module,
+    Towers,
     PyTorchModelHubMixin,
     library_name="equiav",
     tags=["audio-visual", "contrastive-learning", "equiav"],
@@ -103,16 +92,7 @@ class EquiAVModel(
         self._hub_mixin_config = config
         dim, eps = config.embed_dim, config.layer_norm_eps
 
-        self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
-        self.modality_v = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos_embed_a", sincos_2d(*config.audio_grid, dim)[None])
-        self.register_buffer("pos_embed_v", sincos_2d(*config.image_grid, dim)[None])
-        self.patch_embed_a = PatchEmbed(config.patch_size, config.in_chans, dim)
-        self.patch_embed_v = PatchEmbed(config.patch_size, config.in_chans, dim)
-        self.blocks_a = transformer_blocks(dim, config.depth, config.num_heads, config.mlp_ratio, eps)
-        self.blocks_v = transformer_blocks(dim, config.depth, config.num_heads, config.mlp_ratio, eps)
-        self.norm_a = nn.LayerNorm(dim, eps=eps)
-        self.norm_v = nn.LayerNorm(dim, eps=eps)
+        self._build_towers(config, [(part, tower) for part in TOWER_PARTS for tower in TOWERS])
         self.norm_a_aug = nn.LayerNorm(dim, eps=eps)
         self.norm_v_aug = nn.LayerNorm(dim, eps=eps)
 
@@ -138,22 +118,14 @@ class EquiAVModel(
         audio_views, visual_views = default_views(config)
         self.register_buffer("audio_views", audio_views, persistent=False)
         self.register_buffer("visual_views", visual_views, persistent=False)
-        self.grad_checkpointing = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
 
     def reset_parameters(self) -> None:
         """The authors' initialization (reference 1.6)."""
-        init_patch_embed(self.patch_embed_a)
-        init_patch_embed(self.patch_embed_v)
-        nn.init.normal_(self.modality_a, std=0.02)
-        nn.init.normal_(self.modality_v, std=0.02)
+        self._reset_towers()
         self.apply(init_weights)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each transformer block in the backward pass to save activation memory."""
-        self.grad_checkpointing = enable
 
     def pack_for_cpu(self) -> EquiAVModel:
         """Faster CPU inference: every linear layer multiplies by a copy of its weight prepacked once for oneDNN
@@ -171,64 +143,6 @@ class EquiAVModel(
         return self.modality_a.dtype
 
     # ------------------------------------------------------------------ towers
-
-    def _check_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        expected = f"(B, {cfg.target_length}, {cfg.num_mel_bins}) or (B, {cfg.in_chans}, {cfg.target_length}, {cfg.num_mel_bins})"
-        if not isinstance(audio, torch.Tensor):
-            raise InvalidInputError(f"audio must be a tensor of shape {expected}, got {type(audio).__name__}")
-        if not audio.is_floating_point():
-            raise InvalidInputError(f"audio must be a floating-point filterbank, got dtype {audio.dtype}")
-        ok_3d = audio.dim() == 3 and tuple(audio.shape[1:]) == (cfg.target_length, cfg.num_mel_bins)
-        ok_4d = audio.dim() == 4 and tuple(audio.shape[1:]) == (
-            cfg.in_chans,
-            cfg.target_length,
-            cfg.num_mel_bins,
-        )
-        if not (ok_3d or ok_4d):
-            raise InvalidInputError(f"audio must have shape {expected}, got {tuple(audio.shape)}")
-        if not all_finite(audio):
-            raise InvalidInputError("audio filterbank contains NaN or infinite values")
-        return audio.to(device=self.device, dtype=self.dtype)
-
-    def _check_image(self, image: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        expected = f"(B, {cfg.in_chans}, {cfg.image_size}, {cfg.image_size})"
-        if not isinstance(image, torch.Tensor):
-            raise InvalidInputError(f"image must be a tensor of shape {expected}, got {type(image).__name__}")
-        if not image.is_floating_point():
-            raise InvalidInputError(
-                f"image must be a normalized floating-point tensor, got dtype {image.dtype}"
-            )
-        if image.dim() != 4 or tuple(image.shape[1:]) != (cfg.in_chans, cfg.image_size, cfg.image_size):
-            raise InvalidInputError(f"image must have shape {expected}, got {tuple(image.shape)}")
-        if not all_finite(image):
-            raise InvalidInputError("image tensor contains NaN or infinite values")
-        return image.to(device=self.device, dtype=self.dtype)
-
-    def _embed_audio_patches(self, audio: torch.Tensor) -> torch.Tensor:
-        audio = self._check_audio(audio)
-        if audio.dim() == 3:
-            x = self.patch_embed_a.forward_single_channel(audio.transpose(1, 2).unsqueeze(1))
-        else:
-            x = self.patch_embed_a(audio.transpose(2, 3))
-        return x + self.pos_embed_a + self.modality_a
-
-    def _embed_image_patches(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed_v(self._check_image(image))
-        return x + self.pos_embed_v + self.modality_v
-
-    def _run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        return run_blocks(blocks, x, recompute)
-
-    def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
-        """Final-normed audio patch tokens (B, N, D); token p = f * (T / patch) + t (frequency row f, time column t)."""
-        return self.norm_a(self._run_blocks(self._embed_audio_patches(audio), self.blocks_a))
-
-    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        """Final-normed image patch tokens (B, N, D); token p = row * (S / patch) + column."""
-        return self.norm_v(self._run_blocks(self._embed_image_patches(image), self.blocks_v))
 
     def _two_views(
         self, x: torch.Tensor, x_aug: torch.Tensor | None, embed, blocks, norm, norm_aug
@@ -375,7 +289,7 @@ class EquiAVModel(
         zero-pads shorter clips (the authors' behaviour); ``windows="sliding"`` embeds consecutive windows covering the
         whole clip and averages them.
         """
-        from .frontend import audio_inputs_to_fbanks
+        from .audio import audio_inputs_to_fbanks
 
         items = _as_list(x)
         fbanks = audio_inputs_to_fbanks(items, sample_rate, self.config, windows=windows)
@@ -452,9 +366,7 @@ def _as_list(x: Any) -> list[Any]:
 
 def default_views(config: EquiAVConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed centroid views: ``num_views`` audio and visual vectors drawn with ``view_seed``."""
-    from .training.augment import AudioAugmenter, VisualAugmenter
-
     generator = torch.Generator().manual_seed(config.view_seed)
-    audio = AudioAugmenter.for_config(config).sample_vectors(config.num_views, generator)
-    visual = VisualAugmenter.for_config(config).sample_vectors(config.num_views, generator)
+    audio = sample_audio_vectors(AudioAugmentConfig.for_model(config), config.num_views, generator)
+    visual = sample_visual_vectors(VisualAugmentConfig.for_model(config), config.num_views, generator)
     return audio.float(), visual.float()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from ...dataclass_io import from_dict
 from ...errors import ConfigError
 
 DATA_KINDS = ("avdigits", "manifest", "videos", "shards")
@@ -133,16 +134,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """Build from a dict (e.g. a saved run config), rejecting unknown fields."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"data config: expected a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"data config: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as error:
-            raise ConfigError(f"data config: {error}") from error
+        return from_dict(cls, data, "data config")
 
     def replace(self, **changes: Any) -> DataConfig:
         return dataclasses.replace(self, **changes)

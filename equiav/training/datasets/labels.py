@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ...errors import DatasetError
+from ...errors import ConfigError, DatasetError
+from ...labels import read_label_table
 
 
 class LabelSpace:
@@ -29,34 +29,11 @@ class LabelSpace:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> LabelSpace:
-        path = Path(path)
         try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
-            raise DatasetError(f"{path}: cannot read label CSV ({error})") from error
-        if not rows or not {"index", "mid"} <= set(rows[0]):
-            raise DatasetError(f"{path}: label CSV needs a header with the columns 'index' and 'mid'")
-        indices: dict[str, int] = {}
-        names: dict[int, str] = {}
-        for line, row in enumerate(rows, start=2):
-            mid = (row["mid"] or "").strip()
-            try:
-                index = int(row["index"])
-            except (TypeError, ValueError):
-                raise DatasetError(
-                    f"{path}, line {line}: 'index' must be an integer, got {row['index']!r}"
-                ) from None
-            if not mid or mid in indices or index in names or index < 0:
-                raise DatasetError(
-                    f"{path}, line {line}: needs a new, non-empty mid and a new non-negative index, got "
-                    f"mid {mid!r} and index {index}"
-                )
-            indices[mid] = index
-            names[index] = (row.get("display_name") or mid).strip()
-        if sorted(names) != list(range(len(names))):
-            raise DatasetError(f"{path}: class indices must cover 0 .. {len(names) - 1} without gaps")
-        return cls(indices, [names[i] for i in range(len(names))], str(path))
+            table = read_label_table(path, required_columns=("index", "mid"))
+        except ConfigError as error:
+            raise DatasetError(str(error)) from error
+        return cls(table.index_of(), table.names, table.source)
 
     def encode(self, labels: str, where: str) -> list[int]:
         """Class indices of a comma-separated label string (empty string: no class)."""
