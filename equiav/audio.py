@@ -484,9 +484,12 @@ _MAX_RIFF_CHUNKS = 64
 class _PatchedFile(io.RawIOBase):
     """A binary file read through libsndfile's virtual I/O, with some header bytes replaced (``{offset: bytes}``)."""
 
-    def __init__(self, raw: BinaryIO, patches: dict[int, bytes]) -> None:
+    def __init__(self, raw: BinaryIO, patches: dict[int, bytes], name: str) -> None:
         super().__init__()
-        self._raw, self._patches = raw, patches
+        self._raw, self._patches, self._name = raw, patches, name
+
+    def __repr__(self) -> str:
+        return repr(self._name)  # soundfile names the file in its errors with repr()
 
     def readable(self) -> bool:
         return True
@@ -614,7 +617,7 @@ def _decode(path: str | os.PathLike, frames_needed: Callable[[int], int | None])
             raw.seek(0)
             patches = patches or _wav_patch(raw, size)
             raw.seek(0)
-            with soundfile.SoundFile(_PatchedFile(raw, patches)) as source:
+            with soundfile.SoundFile(_PatchedFile(raw, patches, name)) as source:
                 if declared is None and source.frames < _UNKNOWN_LENGTH:
                     declared = source.frames
                 if declared == 0:
@@ -623,9 +626,9 @@ def _decode(path: str | os.PathLike, frames_needed: Callable[[int], int | None])
                 limit = _read_limit(frames_needed(source.samplerate), declared)
                 capacity = _first_capacity(declared, limit, size, source.channels)
                 waveform, sample_rate = _read_frames(source, capacity, limit), source.samplerate
+    except AudioDecodeError:
+        raise
     except (soundfile.SoundFileError, OSError) as error:
-        if isinstance(error, AudioDecodeError):
-            raise
         raise AudioDecodeError(f"{name}: cannot decode audio ({error})") from error
     _check_complete(waveform.shape[1], declared, limit, name)
     return waveform, int(sample_rate)
