@@ -19,6 +19,12 @@ from .dataclass_io import from_dict
 from .errors import ConfigError, UnknownModelError
 
 AUDIO_NORMALIZATIONS = ("dataset", "utterance")
+# The ablation variants a config can name (see the fields of the same names).
+VARIANTS = {
+    "predictor": ("attention", "linear", "hypernetwork"),
+    "inter_embedding": ("centroid", "predicted", "original", "augmented"),
+    "intra_space": ("equivariant", "invariant"),
+}
 
 
 @dataclass
@@ -45,6 +51,16 @@ class EquiAVConfig:
     cross_attn_heads: int = 8
     cross_attn_head_dim: int = 64
     cross_attn_mlp_ratio: float = 4.0
+
+    # Variants of the paper's ablations (section 4.2); the defaults are the paper's model and the authors' checkpoints.
+    # predictor: "attention" (the cross-attention block), "linear" (EquiMod) or "hypernetwork" (SIE-style, a low-rank
+    # map of rank hypernetwork_rank). inter_embedding: what the inter-modal space embeds, "centroid" of the predicted
+    # views, "predicted" (one view), "original" or "augmented" (the original input at inference). intra_space:
+    # "equivariant" (predicted vs augmented embedding) or "invariant" (original vs augmented, no predictor).
+    predictor: str = "attention"
+    hypernetwork_rank: int = 8
+    inter_embedding: str = "centroid"
+    intra_space: str = "equivariant"
 
     # Projection heads (intra = equivariant space, inter = cross-modal space).
     proj_hidden_dim: int = 2048
@@ -90,8 +106,8 @@ class EquiAVConfig:
         positive = [
             "embed_dim", "depth", "num_heads", "patch_size", "in_chans", "audio_aug_dim", "visual_aug_dim",
             "aug_embed_dim", "cross_attn_heads", "cross_attn_head_dim", "proj_hidden_dim", "intra_proj_dim",
-            "inter_proj_dim", "num_views", "sample_rate", "num_mel_bins", "target_length", "image_size",
-            "image_resize",
+            "inter_proj_dim", "num_views", "hypernetwork_rank", "sample_rate", "num_mel_bins", "target_length",
+            "image_size", "image_resize",
         ]  # fmt: skip
         for name in positive:
             value = getattr(self, name)
@@ -135,6 +151,11 @@ class EquiAVConfig:
                 f"config field 'audio_normalization' must be one of {', '.join(AUDIO_NORMALIZATIONS)}, "
                 f"got {self.audio_normalization!r}"
             )
+        for name, allowed in VARIANTS.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"config field '{name}' must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         if self.image_interpolation not in ("bicubic", "bilinear", "nearest"):
             raise ConfigError(
                 f"config field 'image_interpolation' must be bicubic, bilinear or nearest, "

@@ -27,8 +27,9 @@ from torch import nn
 from .aug_vectors import AudioAugmentConfig, VisualAugmentConfig, sample_audio_vectors, sample_visual_vectors
 from .config import EquiAVConfig
 from .errors import InvalidInputError
-from .layers import ProjectionHead, TransformationPredictor, augmentation_encoder, init_weights
+from .layers import ProjectionHead, augmentation_encoder, init_weights
 from .packing import pack_linear_layers
+from .predictors import build_predictor
 from .towers import TOWER_PARTS, TOWERS, Towers
 
 
@@ -98,16 +99,8 @@ class EquiAVModel(
 
         self.aug_encoder_a = augmentation_encoder(config.audio_aug_dim, config.aug_embed_dim)
         self.aug_encoder_v = augmentation_encoder(config.visual_aug_dim, config.aug_embed_dim)
-        predictor = dict(
-            dim=dim,
-            aug_dim=config.aug_embed_dim,
-            num_heads=config.cross_attn_heads,
-            head_dim=config.cross_attn_head_dim,
-            mlp_ratio=config.cross_attn_mlp_ratio,
-            eps=eps,
-        )
-        self.cross_attn_a = TransformationPredictor(**predictor)
-        self.cross_attn_v = TransformationPredictor(**predictor)
+        self.cross_attn_a = build_predictor(config)
+        self.cross_attn_v = build_predictor(config)
 
         hidden = config.proj_hidden_dim
         self.pred_a_intra = ProjectionHead(dim, hidden, config.intra_proj_dim, eps)
@@ -178,27 +171,82 @@ class EquiAVModel(
     def _predict(
         self,
         tokens: torch.Tensor,
-        views: torch.Tensor,
+        views: torch.Tensor | None,
         t: torch.Tensor | None,
         encoder: nn.Module,
-        predictor: TransformationPredictor,
+        predictor: nn.Module,
         name: str,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Centroid over the S views and, if ``t`` is given, the single-view prediction for ``t``.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(centroid over the S ``views``, prediction for ``t``); each is None where its input is.
 
-        The S view queries and the query of ``t`` attend over the same tokens independently, so they run as one
-        attention call of S + 1 queries (the keys and values are projected once).
+        The S view queries and the query of ``t`` act on the same tokens independently, so they run as one call of
+        S + 1 queries (the attention predictor projects the keys and values once).
         """
+        if views is None and t is None:
+            return None, None
+        queries = []
+        if views is not None:
+            batch = tokens.shape[0]
+            queries.append(views.unsqueeze(0).expand(batch, -1, -1) if views.dim() == 2 else views)
+        if t is not None:
+            batch, dim = tokens.shape[0], self._aug_dim(encoder)
+            if t.dim() != 2 or t.shape != (batch, dim):
+                raise InvalidInputError(f"{name} must be ({batch}, {dim}), got {tuple(t.shape)}")
+            queries.append(t.to(device=self.device, dtype=self.dtype)[:, None])
         if t is None:
             return predictor(tokens, encoder(views)), None
-        batch = tokens.shape[0]
-        if t.dim() != 2 or t.shape != (batch, views.shape[-1]):
-            raise InvalidInputError(f"{name} must be ({batch}, {views.shape[-1]}), got {tuple(t.shape)}")
-        t = t.to(device=self.device, dtype=self.dtype)
-        if views.dim() == 2:
-            views = views.unsqueeze(0).expand(batch, -1, -1)
-        per_view = predictor.per_view(tokens, encoder(torch.cat([views, t[:, None]], dim=1)))
-        return per_view[:, :-1].mean(dim=1), per_view[:, -1]
+        per_view = predictor.per_view(tokens, encoder(torch.cat(queries, dim=1)))
+        centroid = per_view[:, :-1].mean(dim=1) if views is not None else None
+        return centroid, per_view[:, -1]
+
+    @staticmethod
+    def _aug_dim(encoder: nn.Module) -> int:
+        return encoder[0].in_features
+
+    def _branch(
+        self,
+        tokens: torch.Tensor,
+        tokens_aug: torch.Tensor | None,
+        views: torch.Tensor | None,
+        t: torch.Tensor | None,
+        modality: str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(inter, equi, aug) embeddings of one modality under ``config.inter_embedding`` and ``intra_space``."""
+        a = modality == "a"
+        encoder, predictor = (
+            (self.aug_encoder_a, self.cross_attn_a) if a else (self.aug_encoder_v, self.cross_attn_v)
+        )
+        inter_head, intra_head = (
+            (self.pred_a_inter, self.pred_a_intra) if a else (self.pred_v_inter, self.pred_v_intra)
+        )
+        kind, name = self.config.inter_embedding, "t_audio" if a else "t_image"
+        wants_t = t is not None and (self.config.intra_space == "equivariant" or kind == "predicted")
+        centroid, predicted = self._predict(
+            tokens, views if kind == "centroid" else None, t if wants_t else None, encoder, predictor, name
+        )
+        pooled = tokens.mean(dim=1)
+        if kind == "centroid":
+            inter = centroid
+        elif kind == "predicted":
+            inter = (
+                predicted if predicted is not None else self._first_view(tokens, views, encoder, predictor)
+            )
+        elif kind == "augmented" and tokens_aug is not None:
+            inter = tokens_aug.mean(dim=1)
+        else:
+            inter = pooled
+        equi = None
+        if t is not None:
+            equi = intra_head(predicted if self.config.intra_space == "equivariant" else pooled)
+        aug = None if tokens_aug is None else intra_head(tokens_aug.mean(dim=1))
+        return inter_head(inter), equi, aug
+
+    def _first_view(
+        self, tokens: torch.Tensor, views: torch.Tensor | None, encoder: nn.Module, predictor: nn.Module
+    ) -> torch.Tensor:
+        """The prediction for the first of ``views`` (the ``predicted`` embedding when no ``t`` is given)."""
+        first = views[..., :1, :]
+        return predictor.per_view(tokens, encoder(first))[:, 0]
 
     # ------------------------------------------------------------------ forward
 
@@ -225,36 +273,30 @@ class EquiAVModel(
                 audio, audio_aug, self._embed_audio_patches, self.blocks_a, self.norm_a, self.norm_a_aug
             )
             views = self._views(t_audio_views, self.audio_views, tokens.shape[0], "t_audio_views")
-            centroid, equi = self._predict(
-                tokens, views, t_audio, self.aug_encoder_a, self.cross_attn_a, "t_audio"
+            out.inter_audio, out.equi_audio, out.aug_audio = self._branch(
+                tokens, tokens_aug, views, t_audio, "a"
             )
-            out.inter_audio = self.pred_a_inter(centroid)
-            out.equi_audio = None if equi is None else self.pred_a_intra(equi)
-            out.aug_audio = None if tokens_aug is None else self.pred_a_intra(tokens_aug.mean(dim=1))
         if image is not None:
             tokens, tokens_aug = self._two_views(
                 image, image_aug, self._embed_image_patches, self.blocks_v, self.norm_v, self.norm_v_aug
             )
             views = self._views(t_image_views, self.visual_views, tokens.shape[0], "t_image_views")
-            centroid, equi = self._predict(
-                tokens, views, t_image, self.aug_encoder_v, self.cross_attn_v, "t_image"
+            out.inter_image, out.equi_image, out.aug_image = self._branch(
+                tokens, tokens_aug, views, t_image, "v"
             )
-            out.inter_image = self.pred_v_inter(centroid)
-            out.equi_image = None if equi is None else self.pred_v_intra(equi)
-            out.aug_image = None if tokens_aug is None else self.pred_v_intra(tokens_aug.mean(dim=1))
         return out
 
     def encode_audio(self, fbank: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """Inter-modal embedding (B, D) of normalized filterbanks, un-normalized (the authors' ``forward_feat``)."""
         tokens = self.audio_tokens(fbank)
         views = self._views(views, self.audio_views, tokens.shape[0], "views")
-        return self.pred_a_inter(self.cross_attn_a(tokens, self.aug_encoder_a(views)))
+        return self._branch(tokens, None, views, None, "a")[0]
 
     def encode_image(self, pixels: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """Inter-modal embedding (B, D) of normalized images, un-normalized (the authors' ``forward_feat``)."""
         tokens = self.image_tokens(pixels)
         views = self._views(views, self.visual_views, tokens.shape[0], "views")
-        return self.pred_v_inter(self.cross_attn_v(tokens, self.aug_encoder_v(views)))
+        return self._branch(tokens, None, views, None, "v")[0]
 
     def localize(self, audio: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Sound-source localization: how well each image patch matches the sound, (B, rows, cols) in [-1, 1].

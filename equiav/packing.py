@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+def packable_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes whose weights oneDNN can prepack on this CPU: float32, and bfloat16 where the CPU has the
+    instructions oneDNN's bfloat16 kernels need (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return (torch.float32, torch.bfloat16)
+    return (torch.float32,)
 
 
 def packing_available() -> bool:
@@ -67,7 +72,7 @@ class PackedLinear(nn.Linear):
             x.device.type == "cpu"
             and weight.device.type == "cpu"
             and x.dtype == weight.dtype
-            and x.dtype in _PACKABLE_DTYPES
+            and x.dtype in packable_dtypes()
             and x.numel() > 0
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()

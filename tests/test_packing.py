@@ -11,7 +11,7 @@ from torch import nn
 
 from equiav import EquiAVConfig, EquiAVModel
 from equiav.classifier import ClassifierConfig, EquiAVClassifier
-from equiav.packing import PackedLinear, pack_linear_layers, packing_available
+from equiav.packing import PackedLinear, pack_linear_layers, packable_dtypes, packing_available
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")
 
@@ -53,7 +53,9 @@ def test_packed_model_gives_the_plain_models_embeddings(models, dtype, tolerance
     with torch.inference_mode():
         expected = plain.encode_audio(fbank), plain.encode_image(pixels), plain.audio_tokens(fbank)
         got = packed.encode_audio(fbank), packed.encode_image(pixels), packed.audio_tokens(fbank)
-    assert all(layer._packed is not None for layer in packed_layers(packed.blocks_a))  # the packed path ran
+    ran = [layer._packed is not None for layer in packed_layers(packed.blocks_a)]
+    # The packed path ran, or, for bfloat16 on a CPU without oneDNN's bfloat16 kernels, the plain path did.
+    assert all(ran) if dtype in packable_dtypes() else not any(ran)
     for a, b in zip(got, expected):
         assert a.dtype == dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=tolerance, atol=tolerance)

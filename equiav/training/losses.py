@@ -30,6 +30,10 @@ from .distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get
 
 IntraVariant = Literal["with_positive", "equimod"]
 INTRA_VARIANTS: tuple[str, ...] = ("with_positive", "equimod")
+# Which terms of Eq. 16 a step trains: all of them (joint training), or the intra- or inter-modal ones alone (the
+# stages of two-stage and alternating training, paper Table 7).
+Stage = Literal["joint", "intra", "inter"]
+STAGES: tuple[str, ...] = ("joint", "intra", "inter")
 DEFAULT_TEMPERATURE = 0.07
 OUTPUT_FIELDS: tuple[str, ...] = (
     "inter_audio",
@@ -261,8 +265,14 @@ class EquiAVLoss(nn.Module):
         self.gather = gather
         self.faithful = faithful
 
-    def forward(self, output: Any) -> EquiAVLossOutput:
-        """Losses of a pretraining forward pass, read from ``output``'s attributes named in ``OUTPUT_FIELDS``."""
+    def forward(self, output: Any, stage: Stage = "joint") -> EquiAVLossOutput:
+        """Losses of a pretraining forward pass, read from ``output``'s attributes named in ``OUTPUT_FIELDS``.
+
+        ``stage`` ``"intra"`` or ``"inter"`` keeps only those terms in ``total`` (the others' weights become 0); every
+        loss is still computed and reported.
+        """
+        if stage not in STAGES:
+            raise InvalidInputError(f"stage: expected one of {STAGES}, got {stage!r}")
         missing = [name for name in OUTPUT_FIELDS if not hasattr(output, name)]
         if missing:
             raise InvalidInputError(
@@ -278,10 +288,12 @@ class EquiAVLoss(nn.Module):
         )
         intra_audio = self._intra(output.equi_audio, output.aug_audio)
         intra_visual = self._intra(output.equi_image, output.aug_image)
+        inter_weight = 0.0 if stage == "intra" else self.inter_weight
+        intra_scale = 0.0 if stage == "inter" else 1.0
         total = (
-            self.inter_weight * inter.loss
-            + self.intra_audio_weight * intra_audio.loss
-            + self.intra_visual_weight * intra_visual.loss
+            inter_weight * inter.loss
+            + intra_scale * self.intra_audio_weight * intra_audio.loss
+            + intra_scale * self.intra_visual_weight * intra_visual.loss
         )
         return EquiAVLossOutput(
             total=total,

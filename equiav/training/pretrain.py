@@ -30,13 +30,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from ..convert import load_mae_weights
+from ..config import EquiAVConfig
 from ..errors import ConfigError
 from ..model import EquiAVModel
 from ..retrieval import retrieval_metrics
+from ..state_dicts import load_mae_weights
 from .datasets import DataConfig, avdigits_eval_set, build_dataset
 from .distributed import mean_over_ranks
-from .losses import EquiAVLoss
+from .losses import EquiAVLoss, Stage
 from .options import add_options, config_from_layers, read_config_file
 from .run_config import OptimConfig, RunConfig
 from .trainer import (
@@ -99,12 +100,51 @@ class LossConfig:
     faithful: bool = False
 
 
+@dataclass
+class ObjectiveConfig:
+    """The paper's ablations (section 4.2) as options; the defaults are its final configuration. The first three are
+    saved in the model's config, so a model trained with them loads and embeds the same way with ``from_pretrained``.
+
+    * ``intra_space``: ``equivariant`` (the paper: the predictor maps the original's embedding and the augmentation
+      vector onto the augmented view's) or ``invariant`` (no predictor in the intra branch: the original's and the
+      augmented view's embeddings are the positive pair); Table 4.
+    * ``inter_embedding``: what the inter-modal loss and the inference embeddings use (Table 4): ``centroid`` (the
+      paper: the mean of the predictions for ``data.num_views`` augmentation vectors), ``predicted`` (the prediction
+      for the augmented view's vector; one fixed view at inference), ``original`` (the original input's embedding) or
+      ``augmented`` (the augmented input's embedding in training; the original's at inference).
+    * ``predictor``: transformation predictor (Table 6): ``attention`` (the paper's cross-attention), ``linear``
+      (EquiMod: a linear layer on the concatenated embedding and augmentation embedding) or ``hypernetwork``
+      (SIE-style: the augmentation embedding predicts the weights of a low-rank linear map of the embedding).
+    * ``strategy``: ``joint`` (the paper: every loss at every step), ``two_stage`` (the intra-modal losses, then the
+      inter-modal loss) or ``alternating`` (intra-modal and inter-modal updates on alternate steps); Table 7.
+    * ``switch_fraction``: with ``two_stage``, the fraction of the steps trained on the intra-modal losses.
+    """
+
+    intra_space: Literal["equivariant", "invariant"] = "equivariant"
+    inter_embedding: Literal["centroid", "predicted", "original", "augmented"] = "centroid"
+    predictor: Literal["attention", "linear", "hypernetwork"] = "attention"
+    strategy: Literal["joint", "two_stage", "alternating"] = "joint"
+    switch_fraction: float = 0.5
+
+    def stage(self, step: int, total_steps: int) -> Stage:
+        """Which terms of the loss optimizer step ``step`` (0-based) of ``total_steps`` trains."""
+        if self.strategy == "two_stage":
+            return "intra" if step < round(self.switch_fraction * total_steps) else "inter"
+        if self.strategy == "alternating":
+            return "intra" if step % 2 == 0 else "inter"
+        return "joint"
+
+
+MODEL_FIELDS_OF_OBJECTIVE = ("intra_space", "inter_embedding", "predictor")
+
+
 @dataclass(kw_only=True)
 class PretrainConfig(RunConfig):
     """Everything a pretraining run needs (besides the options of every run, ``RunConfig``).
 
     * ``data``: the training data (see ``DataConfig``); ``data.kind`` and ``data.path`` are required.
     * ``loss``: loss weights, temperatures and variants.
+    * ``objective``: the paper's ablation variants (intra-modal space, inter-modal embedding, predictor, strategy).
     * ``mae_init``: MAE ViT weights (a ``.pth`` or ``.safetensors``) that initialize both towers, as the paper does;
       used on a fresh start only.
     * ``val_batches``: validation micro-batches per evaluation for the loss (0: the whole validation split).
@@ -115,12 +155,28 @@ class PretrainConfig(RunConfig):
 
     data: DataConfig
     loss: LossConfig = field(default_factory=LossConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     mae_init: str | None = None
     output_dir: str = "runs/pretrain"
     val_batches: int = 0
     zero_shot_eval: bool = True
 
     extra_minimums = {"val_batches": 0}
+
+    def validate(self) -> None:
+        clash = sorted(set(self.model_overrides) & set(MODEL_FIELDS_OF_OBJECTIVE))
+        if clash:
+            raise ConfigError(f"option --model-overrides: set {clash} with the --objective.* options instead")
+        if not 0.0 < self.objective.switch_fraction < 1.0:
+            raise ConfigError(
+                f"option --objective.switch-fraction must be in (0, 1), got {self.objective.switch_fraction}"
+            )
+        super().validate()
+
+    def model_config(self) -> EquiAVConfig:
+        """The preset with ``model_overrides`` and the model fields of ``objective`` applied."""
+        objective = {name: getattr(self.objective, name) for name in MODEL_FIELDS_OF_OBJECTIVE}
+        return super().model_config().replace(**objective)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +216,10 @@ class PretrainTask(TrainingTask):
         super().__init__(cfg, cfg.data)
         self.model_config = cfg.model_config()
         self._eval_set: tuple[torch.Tensor, ...] | None = None
+        # Invariant intra-modal pairs with an inter-modal embedding that needs no prediction leave the predictor idle.
+        self.has_unused_parameters = self.model_config.intra_space == "invariant" and (
+            self.model_config.inter_embedding in ("original", "augmented")
+        )
 
     def build_model(self, ctx) -> EquiAVModel:
         return EquiAVModel(self.model_config)
@@ -194,7 +254,8 @@ class PretrainTask(TrainingTask):
             log.info("initialized %d tensors of both towers from %s", len(loaded), self.cfg.mae_init)
 
     def loss(self, model, inputs, trainer):
-        losses = self.criterion(model(**inputs))
+        stage = self.cfg.objective.stage(trainer.position.step, trainer.total_steps)
+        losses = self.criterion(model(**inputs), stage)
         return losses.total, torch.stack([getattr(losses, name).detach().float() for name in LOSS_FIELDS])
 
     def validate(self, trainer: Trainer) -> dict[str, float]:
@@ -270,6 +331,7 @@ __all__ = [
     "KILL_AT_STEP_ENV",
     "KILL_RANK_ENV",
     "LossConfig",
+    "ObjectiveConfig",
     "OptimConfig",
     "PretrainConfig",
     "PretrainTask",

@@ -144,13 +144,15 @@ class TrainingTask(ABC):
     Class attributes: ``logged_names`` names the values that :meth:`loss` returns besides the loss itself (logged
     as training metrics); ``input_keys`` are the batch entries the loss reads; batches with fewer than
     ``min_batch_rows`` usable rows on some rank are skipped; ``validate_each_epoch`` validates at every epoch end
-    when ``val_every`` is 0.
+    when ``val_every`` is 0; ``has_unused_parameters`` makes DDP find the parameters a step leaves without gradient.
     """
 
     logged_names: tuple[str, ...] = ("loss",)
     input_keys: tuple[str, ...] = ()
     min_batch_rows: int = 1
     validate_each_epoch: bool = False
+    #: Some parameters of the model get no gradient (DDP must then look for them after each backward pass).
+    has_unused_parameters: bool = False
 
     def __init__(self, cfg: RunConfig, data: DataConfig) -> None:
         self.cfg, self.data = cfg, data
@@ -332,7 +334,7 @@ class Trainer:
             module = DistributedDataParallel(
                 self.task.prepare_for_ddp(module),
                 device_ids=device_ids,
-                find_unused_parameters=self.cfg.find_unused_parameters,
+                find_unused_parameters=self.cfg.find_unused_parameters or self.task.has_unused_parameters,
             )
         if self.cfg.compile:
             module = torch.compile(module)
