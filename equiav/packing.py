@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 def packable_dtypes() -> tuple[torch.dtype, ...]:
     """The dtypes whose weights oneDNN can prepack on this CPU: float32, and bfloat16 where the CPU has the
     instructions oneDNN's bfloat16 kernels need (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)."""
