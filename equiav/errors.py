@@ -43,3 +43,11 @@ class CheckpointError(EquiAVError, ValueError):
 
 class DatasetError(EquiAVError, ValueError):
     """A manifest is malformed, or too many of its items could not be read."""
+
+
+class StorageError(EquiAVError, OSError):
+    """A local path, URL, object-store location or ``pipe:`` command cannot be reached, read or written."""
+
+
+class IndexMismatchError(EquiAVError, ValueError):
+    """A search index and a query disagree: another model, embedding size or modality."""

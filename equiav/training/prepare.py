@@ -9,10 +9,16 @@ writes ``DIR/frame_{k}/{video_id}.jpg`` (short side resized to 224, center crop 
 ``DIR/audio/{video_id}.wav`` (16 kHz mono, 16-bit) and ``DIR/manifest.json`` (``{"data": [{"video_id", "wav",
 "video_path", "labels"}]}``, usable with ``DataConfig(kind="manifest")``).
 
-``shards`` writes tar shards of decoded, un-augmented samples (see ``equiav.training.datasets.shards``)::
+``shards`` writes tar shards of decoded, un-augmented samples (see ``equiav.training.datasets.shards``) to a local
+folder or an object store (``s3://bucket/shards`` with the ``remote`` extra)::
 
     python -m equiav.training.prepare shards --source manifest|videos|avdigits --input PATH --output DIR \
-        --shard-size 1000 [--model equiav-base | --config config.json] [--label-csv CSV] [--split train]
+        --shard-size 1000 [--model equiav-base | --config config.json] [--label-csv CSV] [--split train] \
+        [--part I --num-parts N]
+
+The job splits into independent parts (``equiav.parts``): ``--part I --num-parts N`` (a job array, one part per
+task) or, under ``torchrun``, one part per process (``RANK`` of ``WORLD_SIZE``). Each part writes its own shards,
+skips the ones it finished before when run again, and the part that finishes last writes ``shards.json``.
 
 Unreadable videos or samples are skipped, logged with their path and counted; the command exits with status 1
 when more than ``--max-bad-fraction`` of them failed (what could be read is still written).
@@ -24,8 +30,8 @@ import argparse
 import json
 import logging
 import multiprocessing
-import sys
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +40,15 @@ import torch
 from tqdm import tqdm
 
 from ..config import EquiAVConfig
+from ..console import add_runtime_arguments, debugging, model_width, run_main, set_threads
 from ..errors import EquiAVError
+from ..parts import PartPlan, part_from_env
 from ..video import open_video
 from .datasets.avdigits import NUM_DIGITS
 from .datasets.config import DataConfig
 from .datasets.items import DECODE_ERRORS, BadItem
 from .datasets.mapped import JPEG_QUALITY, PretrainDataset, RawSample
-from .datasets.shards import ShardWriter, audio_settings
+from .datasets.shards import INDEX_FILE, ShardWriter, audio_settings
 from .datasets.sources import FRAME_SIZE, VideoEntry, extraction_crop, frame_times, list_videos
 
 logger = logging.getLogger("equiav.data")
@@ -58,15 +66,15 @@ def _run_task(index: int) -> Any:
     return _TASK(index)
 
 
-def map_indices(task: Callable[[int], Any], count: int, workers: int, desc: str) -> Iterator[Any]:
-    """``task(0) .. task(count - 1)`` in order, in ``workers`` processes, with a progress bar."""
+def map_indices(task: Callable[[int], Any], indices: Sequence[int], workers: int, desc: str) -> Iterator[Any]:
+    """``task(i)`` for each of ``indices`` in order, in ``workers`` processes, with a progress bar."""
     if workers <= 1:
-        results = map(task, range(count))
-        yield from tqdm(results, total=count, desc=desc, unit="item")
+        results = map(task, indices)
+        yield from tqdm(results, total=len(indices), desc=desc, unit="item")
         return
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(task,)) as pool:
-        results = pool.imap(_run_task, range(count), chunksize=4)
-        yield from tqdm(results, total=count, desc=desc, unit="item")
+        results = pool.imap(_run_task, indices, chunksize=4)
+        yield from tqdm(results, total=len(indices), desc=desc, unit="item")
 
 
 class VideoExtractor:
@@ -143,7 +151,7 @@ def extract(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     task = VideoExtractor(entries, output, args.frames, args.frame_size, args.clip_seconds, args.sample_rate)
     rows, bad = [], 0
-    for result in map_indices(task, len(entries), args.workers, "extract"):
+    for result in map_indices(task, range(len(entries)), args.workers, "extract"):
         if isinstance(result, BadItem):
             bad += 1
             logger.warning("skipped video %s: %s", result.path, result.reason)
@@ -191,17 +199,27 @@ def write_shards(args: argparse.Namespace) -> int:
         "input": str(args.input),
         "split": split,
     }
+    part, num_parts = part_from_env(args.part, args.num_parts)
+    writer = ShardWriter(args.output, PartPlan(len(dataset), num_parts, args.shard_size), part, meta)
+    pending = writer.pending()
+    indices = [index for span in pending for index in range(span.start, span.stop)]
+    done = sum(span.stop - span.start for span in writer.plan.shards(part)) - len(indices)
+    if done:
+        logger.info("part %d of %d: resuming, %d item(s) already in finished shards", part, num_parts, done)
+    results = zip(
+        indices, map_indices(RawSampler(dataset), indices, args.workers, f"shards {part + 1}/{num_parts}")
+    )
     bad = 0
-    with ShardWriter(args.output, args.shard_size, meta) as writer:
-        for result in map_indices(RawSampler(dataset), len(dataset), args.workers, "shards"):
-            if isinstance(result, BadItem):
-                bad += 1
-                logger.warning("skipped item %d (%s): %s", result.index, result.path, result.reason)
-            else:
-                writer.add(result)
-        writer.meta["bad"] = bad
-    logger.info("wrote %d samples in %d shard(s) to %s", writer.total, len(writer.shards), args.output)
-    return _check_bad(bad, len(dataset), args.max_bad_fraction, "shards")
+    for span in pending:
+        for item in writer.write(span, islice(results, span.stop - span.start)):
+            bad += 1
+            logger.warning("skipped item %d (%s): %s", item.index, item.path, item.reason)
+    index = writer.finish()
+    logger.info("part %d of %d: wrote %d shard(s) to %s", part, num_parts, len(pending), args.output)
+    if index is not None:
+        logger.info("all parts done: %d samples in %d shard(s), index %s", index["total"], len(index["shards"]),
+                    writer.folder.url(INDEX_FILE))  # fmt: skip
+    return _check_bad(bad, len(indices), args.max_bad_fraction, f"shards part {part}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -226,7 +244,9 @@ def _parser() -> argparse.ArgumentParser:
     shards = commands.add_parser("shards", help="write tar shards of decoded, un-augmented samples")
     shards.add_argument("--source", required=True, choices=("manifest", "videos", "avdigits"))
     shards.add_argument("--input", required=True, help="manifest JSON, video folder / CSV, or AV-digits root")
-    shards.add_argument("--output", required=True, help="output folder (must not hold shards yet)")
+    shards.add_argument(
+        "--output", required=True, help="output folder or object-store URL (no shards.json yet)"
+    )
     shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     model = shards.add_mutually_exclusive_group()
     model.add_argument("--model", default="equiav-base", help="preset whose audio settings to use")
@@ -239,8 +259,15 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--val-speakers", nargs="+", default=["theo"], help="AV-digits validation speakers")
     shards.add_argument("--val-fraction-images", type=float, default=0.2, help="AV-digits held-out images")
     shards.add_argument("--seed", type=int, default=0, help="seed of the AV-digits image draws")
+    shards.add_argument(
+        "--part", type=int, help="this part's number, 0 .. N-1 (default: torchrun's RANK, or 0)"
+    )
+    shards.add_argument(
+        "--num-parts", type=int, help="parts the job is split into (default: WORLD_SIZE, or 1)"
+    )
 
     for sub in (ext, shards):
+        add_runtime_arguments(sub)
         sub.add_argument("--workers", type=int, default=1, help="processes (default 1)")
         sub.add_argument(
             "--max-bad-fraction", type=float, default=0.01, help="fail above this (default 0.01)"
@@ -252,12 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    set_threads(args.threads, model_width(getattr(args, "model", None)))
     try:
         return extract(args) if args.command == "extract" else write_shards(args)
     except EquiAVError as error:
+        if debugging():
+            raise
         logger.error("%s", error)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "python -m equiav.training.prepare")

@@ -1,11 +1,20 @@
 """Tar shards (WebDataset layout) of decoded but un-augmented samples, and the iterable dataset that reads them.
 
-Layout: ``shard-000000.tar``, ``shard-000001.tar``, ... with, per sample ``KEY`` (its running number),
+Layout: ``shard-000000.tar``, ``shard-000001.tar``, ... with, per sample ``KEY`` (its item number in the source),
 ``KEY.fbank.npy`` (the normalized (T, F) filterbank as float16), ``KEY.frame_0.jpg`` .. ``KEY.frame_{n-1}.jpg``
-(``.png`` for AV-digits) and ``KEY.json`` (``id``, ``source`` and ``label`` or ``labels`` class indices). The files
-are plain tars that the ``webdataset`` package also reads; this module reads and writes them with ``tarfile`` only.
+(``.png`` for AV-digits) and ``KEY.json`` (``id``, ``source`` and ``label`` or ``labels`` class indices).
 ``shards.json`` beside them lists every shard with its sample count and records the audio settings the filterbanks
 were computed with, which must match the model's.
+
+Where shards live (``equiav.storage``): a local folder, a URL (``https://``, ``s3://``, ``gs://`` with the
+``remote`` extra), or a ``pipe:`` command, given as the folder, its ``shards.json``, or a brace / glob pattern of
+shards (``https://host/shards/shard-{000000..000009}.tar``, ``pipe:curl -s https://host/shards/shard-{000..009}.tar``);
+the index is the location with the shard's file name replaced by ``shards.json``. The tar streams are read with
+webdataset's tar iterator and key grouping; they are opened with fsspec (URLs) or webdataset's pipe opener.
+
+Writing (``ShardWriter``) goes to a local folder or an object store, in independent parts (``equiav.parts``): each
+part writes its own numbered shards, resumes after a kill without rewriting finished ones, and the last part to
+finish writes ``shards.json``.
 
 Equal batches per rank: every rank yields exactly ``floor(total / world_size)`` items per epoch (a ``BadItem`` counts
 as an item). The shards, in an order shuffled per epoch (training) or in index order (validation), form one stream
@@ -14,7 +23,8 @@ that block into contiguous parts of near-equal size. Shards therefore need not d
 is enough), and each sample is read at most once per epoch; the ``total % world_size`` samples at the end of the
 stream are skipped, different ones each epoch. With the same batch size and worker count on every rank (as DDP
 requires anyway), every rank gets the same number of batches (``batches_per_rank``). A shard that cannot be read
-yields a ``BadItem`` for each of its missing samples, so the counts stay equal.
+(unreachable, truncated, cut off mid-transfer) yields a ``BadItem`` for each of its missing samples, so the counts
+stay equal.
 """
 
 from __future__ import annotations
@@ -23,19 +33,36 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import torch
+from braceexpand import braceexpand
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.writer import TarWriter
 
 from ...config import EquiAVConfig
-from ...errors import DatasetError, ImageDecodeError, InvalidInputError
+from ...errors import DatasetError, ImageDecodeError, InvalidInputError, StorageError
 from ...image import to_rgb
+from ...parts import PartLedger, PartPlan, ShardSpan, merged
+from ...storage import (
+    TRANSFER_ERRORS,
+    Folder,
+    file_name,
+    is_pipe,
+    is_remote,
+    join,
+    open_read,
+    protocol,
+    read_json,
+    replace_name,
+)
 from ..distributed import get_rank, get_world_size
 from .config import DataConfig, check_split
 from .items import BadItem, SharedEpoch, ViewMaker, item_failure, item_generator
@@ -51,7 +78,7 @@ AUDIO_FIELDS = (
 # Values of audio fields added after version 1 shards were first written; older indexes were written with these.
 _AUDIO_FIELD_DEFAULTS = {"audio_normalization": "dataset"}
 _FRAME_NAME = re.compile(r"^frame_(\d+)\.(jpg|jpeg|png)$")
-_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+SHARD_NAME = "shard-{:06d}.tar"
 # Errors of a corrupt member (npy, json, image bytes): the sample becomes a BadItem.
 _MEMBER_ERRORS = (ValueError, EOFError, OSError, KeyError, TypeError)
 
@@ -69,178 +96,179 @@ def fbank_to_npy(fbank: Tensor) -> bytes:
 
 
 class ShardWriter:
-    """Writes ``RawSample`` s into tar shards of ``shard_size`` samples and, on ``close``, ``shards.json``.
+    """Writes one part of a shard job (``equiav.parts``) to a local folder or an object store.
 
-    Each shard is written as ``NAME.partial`` and renamed when complete. ``meta`` is stored in the index (the
-    audio settings, frame count, label kind and number of classes, source). Refuses a folder that already holds an
-    index unless ``overwrite``.
+    ``plan`` splits the source's items over parts and shards; ``meta`` (audio settings, frame count, label kind and
+    number of classes, source) goes into the index and must be the same for every part and every resumed run.
+    ``write(span, samples)`` writes one shard of ``RawSample`` s (``BadItem`` s are counted and listed, never
+    stored), as ``NAME.partial`` moved into place when complete. ``finish()`` marks the part done and, when every
+    part is, writes ``shards.json``. Refuses a folder that already holds an index.
     """
 
-    def __init__(
-        self, output: str | Path, shard_size: int, meta: dict[str, Any], overwrite: bool = False
-    ) -> None:
-        if not isinstance(shard_size, int) or shard_size < 1:
-            raise InvalidInputError(f"shard_size must be a positive integer, got {shard_size!r}")
-        self.output = Path(output)
-        if (self.output / INDEX_FILE).exists() and not overwrite:
-            raise DatasetError(
-                f"{self.output} already holds shards ({INDEX_FILE}); choose another output folder"
-            )
-        self.output.mkdir(parents=True, exist_ok=True)
-        self.shard_size = shard_size
-        self.meta = meta
-        self.shards: list[dict[str, Any]] = []
-        self.total = 0
-        self._tar: tarfile.TarFile | None = None
-        self._in_shard = 0
+    def __init__(self, output: str | Path, plan: PartPlan, part: int, meta: dict[str, Any]) -> None:
+        self.folder = Folder(output)
+        if self.folder.exists(INDEX_FILE):
+            raise DatasetError(f"{output} already holds shards ({INDEX_FILE}); choose another output folder")
+        self.plan, self.part, self.meta = plan, part, meta
+        self.ledger = PartLedger(self.folder, plan, part, meta)
 
-    def __enter__(self) -> ShardWriter:
-        return self
+    def pending(self) -> list[ShardSpan]:
+        """The shards of this part still to write (all of them unless resuming)."""
+        return self.ledger.pending()
 
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        elif self._tar is not None:
-            self._tar.close()
+    def write(self, span: ShardSpan, samples: Iterable[tuple[int, RawSample | BadItem]]) -> list[BadItem]:
+        """Write shard ``span`` from (item number, sample) pairs; returns the bad items it skipped."""
+        name = SHARD_NAME.format(span.number)
+        bad: list[BadItem] = []
+        count = 0
+        with (
+            self.folder.open_write(name) as stream,
+            TarWriter(stream, encoder=False, mode=0o644, mtime=0) as tar,
+        ):
+            for index, sample in samples:
+                if isinstance(sample, BadItem):
+                    bad.append(sample)
+                    continue
+                tar.write(_tar_sample(index, sample))
+                count += 1
+        self.folder.commit(name)
+        listed = [{"index": item.index, "path": item.path, "reason": item.reason} for item in bad]
+        self.ledger.record(span, name, count, listed)
+        return bad
 
-    def _add_member(self, name: str, payload: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(payload)
-        info.mode = 0o644
-        self._tar.addfile(info, io.BytesIO(payload))
-
-    def add(self, sample: RawSample) -> None:
-        if self._tar is None:
-            name = f"shard-{len(self.shards):06d}.tar"
-            self._tar = tarfile.open(self.output / f"{name}.partial", "w", format=tarfile.USTAR_FORMAT)
-            self.shards.append({"file": name, "count": 0})
-        key = f"{self.total:010d}"
-        self._add_member(f"{key}.fbank.npy", fbank_to_npy(sample.fbank))
-        for k, (extension, payload) in enumerate(sample.frames):
-            self._add_member(f"{key}.frame_{k}.{extension}", payload)
-        self._add_member(f"{key}.json", json.dumps(sample.meta, sort_keys=True).encode())
-        self.total += 1
-        self.shards[-1]["count"] += 1
-        if self.shards[-1]["count"] == self.shard_size:
-            self._finish_shard()
-
-    def _finish_shard(self) -> None:
-        self._tar.close()
-        self._tar = None
-        name = self.shards[-1]["file"]
-        (self.output / f"{name}.partial").replace(self.output / name)
-
-    def close(self) -> dict[str, Any]:
-        """Finish the last shard and write the index; returns it."""
-        if self._tar is not None:
-            self._finish_shard()
+    def finish(self) -> dict[str, Any] | None:
+        """Mark this part done; the index once every part is done (it is then written), else None."""
+        self.ledger.finish()
+        parts = merged(self.folder, self.plan, self.meta)
+        if parts is None:
+            return None
+        shards, bad = parts
         index = {
             "format": FORMAT,
             "version": VERSION,
-            "total": self.total,
-            "shards": self.shards,
+            "total": sum(entry["count"] for entry in shards),
+            "shards": [{"file": entry["file"], "count": entry["count"]} for entry in shards],
             **self.meta,
+            "bad": len(bad),
+            "bad_items": bad,
         }
-        (self.output / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        self.folder.write_json(INDEX_FILE, index)
         return index
 
 
-def _expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` -> ``a-000.tar``, ``a-001.tar``, ``a-002.tar`` (zero padding kept; nesting allowed)."""
-    match = _BRACES.search(pattern)
-    if match is None:
-        return [pattern]
-    first, last = match[1], match[2]
-    width = len(first) if first.startswith("0") else 0
-    names = []
-    for number in range(int(first), int(last) + 1):
-        names += _expand_braces(pattern[: match.start()] + f"{number:0{width}d}" + pattern[match.end() :])
-    return names
+def _tar_sample(index: int, sample: RawSample) -> dict[str, Any]:
+    members: dict[str, Any] = {"__key__": f"{index:010d}", "fbank.npy": fbank_to_npy(sample.fbank)}
+    for k, (extension, payload) in enumerate(sample.frames):
+        members[f"frame_{k}.{extension}"] = payload
+    members["json"] = json.dumps(sample.meta, sort_keys=True).encode()
+    return members
 
 
 class ShardIndex:
-    """The shards to read (paths and sample counts) and the metadata of their ``shards.json``."""
+    """The shards to read (locations and sample counts) and the metadata of their ``shards.json``."""
 
-    def __init__(self, shards: list[tuple[Path, int]], meta: dict[str, Any]) -> None:
+    def __init__(self, shards: list[tuple[str, int]], meta: dict[str, Any]) -> None:
         self.shards = shards
         self.meta = meta
         self.total = sum(count for _, count in shards)
 
     @classmethod
     def load(cls, spec: str | Path) -> ShardIndex:
-        """From a folder holding ``shards.json``, that file, or a glob / brace pattern of shards listed in the
-        ``shards.json`` of their folder (to read a subset, e.g. ``shards/shard-{000000..000009}.tar``)."""
+        """From a folder (local or a URL prefix) holding ``shards.json``, that file, or a brace / glob pattern of
+        shards listed in the ``shards.json`` beside them (to read a subset, e.g. ``shards/shard-{000000..000009}.tar``).
+        """
         spec = str(spec)
-        path = Path(spec)
-        if path.is_dir():
-            path = path / INDEX_FILE
-        if path.name == INDEX_FILE or path.suffix == ".json":
-            return cls._from_file(path, selected=None)
-        names = sorted({p for name in _expand_braces(spec) for p in _glob(name)})
+        if not is_remote(spec) and Path(spec).is_dir():
+            return cls._from_location(join(spec, INDEX_FILE), selected=None)
+        name = _file_name(spec)
+        if name is None:
+            if is_pipe(spec) or not is_remote(spec):
+                raise DatasetError(f"{spec}: no shard folder, index or .tar file here")
+            return cls._from_location(join(spec, INDEX_FILE), selected=None)
+        if name.endswith(".json"):
+            return cls._from_location(spec, selected=None)
+        names = [found for pattern in braceexpand(spec) for found in _glob(pattern)]
         if not names:
             raise DatasetError(f"{spec}: no shard file matches")
-        folders = {Path(name).parent for name in names}
-        if len(folders) != 1:
-            raise DatasetError(
-                f"{spec}: the matched shards must lie in one folder, found {sorted(map(str, folders))}"
-            )
-        return cls._from_file(folders.pop() / INDEX_FILE, selected={Path(name).name for name in names})
+        indexes = sorted({replace_name(found, INDEX_FILE) for found in names})
+        if len(indexes) != 1:
+            raise DatasetError(f"{spec}: the matched shards must lie in one folder, found indexes {indexes}")
+        return cls._from_location(indexes[0], selected={file_name(found) for found in names})
 
     @classmethod
-    def _from_file(cls, path: Path, selected: set[str] | None) -> ShardIndex:
+    def _from_location(cls, location: str, selected: set[str] | None) -> ShardIndex:
         try:
-            meta = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            meta = read_json(location)
+        except StorageError as error:
             raise DatasetError(
-                f"{path}: cannot read the shard index ({error}); write shards with "
-                "`python -m equiav.training.prepare shards`"
+                f"cannot read the shard index: {error}; write shards with `python -m equiav.training.prepare shards`"
             ) from error
         if (
             not isinstance(meta, dict)
             or meta.get("format") != FORMAT
             or not isinstance(meta.get("shards"), list)
         ):
-            raise DatasetError(f"{path}: not an equiav shard index (format {FORMAT!r})")
+            raise DatasetError(f"{location}: not an equiav shard index (format {FORMAT!r})")
         listed = {entry["file"]: int(entry["count"]) for entry in meta["shards"]}
         if selected is not None:
             unknown = sorted(selected - set(listed))
             if unknown:
-                raise DatasetError(f"{path}: shard(s) {unknown} are not listed in this index")
+                raise DatasetError(f"{location}: shard(s) {unknown} are not listed in this index")
         shards = [
-            (path.parent / name, count)
+            (replace_name(location, name), count)
             for name, count in listed.items()
             if selected is None or name in selected
         ]
         if not shards or not sum(count for _, count in shards):
-            raise DatasetError(f"{path}: the selected shards hold no samples")
+            raise DatasetError(f"{location}: the selected shards hold no samples")
         return cls(shards, meta)
 
 
+def _file_name(spec: str) -> str | None:
+    try:
+        return file_name(spec)
+    except StorageError:
+        return None
+
+
 def _glob(pattern: str) -> list[str]:
-    path = Path(pattern)
-    if any(char in pattern for char in "*?["):
-        return [str(p) for p in path.parent.glob(path.name) if p.is_file()]
-    return [pattern] if path.is_file() else []
+    """The shards a pattern names: local files that exist, or an object store's listing for a glob; other
+    remote names (HTTP, pipes) as given."""
+    if not any(char in pattern for char in "*?["):
+        return [pattern] if is_remote(pattern) or Path(pattern).is_file() else []
+    if is_pipe(pattern) or protocol(pattern) in ("http", "https"):
+        raise DatasetError(f"{pattern}: a glob needs a listable location; use a {{000..009}} range")
+    if not is_remote(pattern):
+        path = Path(pattern)
+        return sorted(str(p) for p in path.parent.glob(path.name) if p.is_file())
+    fs, path = fsspec.core.url_to_fs(pattern)
+    return sorted(fs.unstrip_protocol(found) for found in fs.glob(path))
 
 
-def _samples_in(path: Path, start: int, stop: int) -> Iterator[dict[str, bytes]]:
-    """The members (by extension) of samples ``start`` .. ``stop - 1`` of a shard; earlier ones are skipped
-    without reading their data. Raises ``OSError`` / ``tarfile.TarError`` when the file is unreadable."""
-    with tarfile.open(path, "r:") as tar:
-        position, key, infos = -1, None, {}
-        while position < stop:
-            info = tar.next()
-            tar.members = []  # tarfile's list of members read so far is not needed; do not let it grow
-            if info is not None and not info.isfile():
-                continue
-            name_key, _, extension = info.name.rpartition("/")[2].partition(".") if info else (None, "", "")
-            if info is None or name_key != key:
-                if key is not None and position >= start:
-                    yield {ext: tar.extractfile(member).read() for ext, member in infos.items()}
-                if info is None:
-                    return
-                key, infos, position = name_key, {}, position + 1
-            infos[extension] = info
+def _samples_in(location: str, start: int, stop: int) -> Iterator[dict[str, bytes]]:
+    """The members (by extension) of samples ``start`` .. ``stop - 1`` of a shard, read as a stream (earlier ones
+    are read and dropped). Raises ``StorageError``, ``tarfile.TarError`` or a transfer error when the shard cannot
+    be read to its end."""
+    stream = open_read(location)
+    complete = False  # all wanted samples read: a command cut off early may then exit with an error status
+    try:
+        files = ({**member, "__url__": location} for member in tar_file_iterator(stream))
+        for position, sample in enumerate(group_by_keys(files)):
+            complete = position + 1 >= stop
+            if position >= start:
+                yield sample
+            if complete:
+                return
+        complete = True
+    except GeneratorExit:
+        complete = True
+        raise
+    finally:
+        try:
+            stream.close()
+        except TRANSFER_ERRORS:
+            if not complete:
+                raise
 
 
 class ShardDataset(IterableDataset):
@@ -363,8 +391,8 @@ class ShardDataset(IterableDataset):
                     yield self._starts[shard] + position, f"{path}#{position}", members
                     position += 1
                 reason = "the shard holds fewer samples than its index lists"
-            except (OSError, tarfile.TarError, EOFError) as error:
-                reason = f"cannot read shard ({error})"
+            except (StorageError, tarfile.TarError, *TRANSFER_ERRORS) as error:
+                reason = f"cannot read shard ({type(error).__name__}: {error})"
             for missing in range(position, stop):
                 index = self._starts[shard] + missing
                 yield index, str(path), BadItem(index, f"{path}#{missing}", reason)
