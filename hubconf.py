@@ -17,8 +17,17 @@ def equiav_tiny_digits(pretrained: bool = True, **kwargs):
     return equiav("equiav-tiny-digits", pretrained=pretrained, **kwargs)
 
 
-def equiav_base(checkpoint: str | None = None, **kwargs):
-    """The paper's ViT-B/16 model: weights from ``checkpoint`` (a converted directory, the authors' .pth or a hub id)."""
-    if checkpoint is None:
-        return equiav("equiav-base", pretrained=False)
-    return equiav(checkpoint, pretrained=True, config="equiav-base", **kwargs)
+def equiav_base(checkpoint: str | None = None, pretrained: bool = True, **kwargs):
+    """The paper's ViT-B/16 model with weights from ``checkpoint`` (a converted directory, the authors' .pth or a hub
+    id). Its weights are not packaged, so a call without ``checkpoint`` is refused unless it asks for random weights
+    with ``pretrained=False``: a silently untrained model would give meaningless embeddings."""
+    from equiav import CheckpointError
+
+    if checkpoint is not None:
+        return equiav(checkpoint, pretrained=True, config="equiav-base", **kwargs)
+    if pretrained:
+        raise CheckpointError(
+            "equiav_base: no weights are packaged for equiav-base; pass checkpoint= (a converted directory, the "
+            "authors' .pth or a hub id), or pretrained=False for an untrained model with random weights"
+        )
+    return equiav("equiav-base", pretrained=False)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
+from .console import add_runtime_arguments, run_main, set_threads, show_progress
+
 COMMAND_GROUP = "equiav.commands"
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
@@ -43,6 +45,7 @@ def _load_model(args: argparse.Namespace):
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model = EquiAVModel.from_pretrained(args.model, device=args.device, dtype=dtype, revision=args.revision)
+    args.threads = set_threads(args.threads, model.config.embed_dim)
     return model.pack_for_cpu() if args.pack else model
 
 
@@ -58,10 +61,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="on a CPU, prepack the linear weights for oneDNN: faster, one more copy of those weights in memory",
     )
+    add_runtime_arguments(parser)
 
 
-def _embed_files(model, paths: list[Path], modality: str | None, batch_size: int, windows: str):
-    """Embeddings of files grouped by modality, in input order within each group."""
+def _embed_files(model, paths: list[Path], modality: str | None, batch_size: int, windows: str, threads: int):
+    """Embeddings of files grouped by modality, in input order within each group; a progress bar by the rule of
+    ``equiav.console.show_progress`` (more than one batch, on a terminal)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -75,16 +80,16 @@ def _embed_files(model, paths: list[Path], modality: str | None, batch_size: int
             range(0, len(files), batch_size),
             desc=f"embedding {kind}",
             unit="batch",
-            disable=len(files) <= batch_size,
+            disable=not show_progress(None, -(-len(files) // batch_size)),
         )
         for start in bar:
             chunk = files[start : start + batch_size]
             if kind == "audio":
-                rows.append(model.embed_audio([str(p) for p in chunk], windows=windows))
+                rows.append(model.embed_audio([str(p) for p in chunk], windows=windows, num_threads=threads))
             elif kind == "image":
-                rows.append(model.embed_image([str(p) for p in chunk]))
+                rows.append(model.embed_image([str(p) for p in chunk], num_threads=threads))
             else:
-                video = model.embed_video([str(p) for p in chunk], windows=windows)
+                video = model.embed_video([str(p) for p in chunk], windows=windows, num_threads=threads)
                 results.setdefault("video_audio", ([], []))
                 results["video_audio"][0].extend(chunk)
                 results["video_audio"][1].append(video.audio)
@@ -103,7 +108,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     model = _load_model(args)
     paths = [Path(p) for p in args.inputs]
-    results = _embed_files(model, paths, args.modality, args.batch_size, args.windows)
+    results = _embed_files(model, paths, args.modality, args.batch_size, args.windows, args.threads)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
@@ -131,8 +136,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_similarity(args: argparse.Namespace) -> None:
     model = _load_model(args)
-    audio = model.embed_audio(args.audio, windows=args.windows)
-    image = model.embed_image(args.image)
+    audio = model.embed_audio(args.audio, windows=args.windows, num_threads=args.threads)
+    image = model.embed_image(args.image, num_threads=args.threads)
     similarity = (audio @ image.T).float()
     width = max(len(Path(p).name) for p in args.image) + 2
     print(" " * 28 + "".join(Path(p).name.rjust(width) for p in args.image))
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = sub.add_parser("convert", help="convert an authors' checkpoint to config.json + model.safetensors")
     convert.add_arguments(conv)
+    add_runtime_arguments(conv)
     conv.set_defaults(func=convert.run)
 
     info = sub.add_parser(
@@ -240,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("model", nargs="?", default=None)
     info.add_argument("--revision", default=None)
+    add_runtime_arguments(info)
     info.set_defaults(func=cmd_info)
 
     for name, point in sorted(registered_commands().items()):
@@ -249,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> None:
+    """Parse ``argv`` and run the command; errors propagate (``main`` turns them into one line)."""
     if argv and argv[0] in DELEGATES:
         importlib.import_module(DELEGATES[argv[0]][0]).main(argv[1:])
         return
@@ -259,12 +266,17 @@ def main(argv: list[str] | None = None) -> None:
         load_command(registered[argv[0]]).main(argv[1:])
         return
     args = build_parser().parse_args(argv)
-    from .errors import EquiAVError
+    if args.threads is not None:
+        set_threads(args.threads, 0)
+    args.func(args)
 
-    try:
-        args.func(args)
-    except EquiAVError as error:
-        raise SystemExit(f"equiav: {type(error).__name__}: {error}") from None
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``equiav`` program: ``run`` with one-line errors (``--debug`` or EQUIAV_DEBUG=1: the traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    known = set(DELEGATES) | set(registered_commands()) | {"embed", "similarity", "convert", "info"}
+    prog = f"equiav {argv[0]}" if argv and argv[0] in known else "equiav"
+    run_main(run, prog, argv)
 
 
 if __name__ == "__main__":

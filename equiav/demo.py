@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .console import add_runtime_arguments, run_main, set_threads
 from .localize import heat_colors
 from .retrieval import ranks, summarize_ranks
 
@@ -82,15 +83,17 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
         "--video", nargs="+", default=None, help="videos: match their audio tracks to their frames"
     )
     parser.add_argument("--output", default="equiav_demo_similarity.png", help="PNG of the similarity matrix")
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
 
     from .model import EquiAVModel
 
     model = EquiAVModel.from_pretrained(args.model)
+    threads = set_threads(args.threads, model.config.embed_dim)
     audio_labels = image_labels = None
     if args.video:
         videos = [Path(p) for p in args.video]
-        embedded = model.embed_video(videos)
+        embedded = model.embed_video(videos, num_threads=threads)
         audio_emb, image_emb, audio_files, image_files = embedded.audio, embedded.image, videos, videos
     else:
         if args.audio or args.image:
@@ -102,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
             print(
                 f"demo set: {len(audio_files)} spoken digits, {len(image_files)} digit images, model {args.model}"
             )
-        audio_emb = model.embed_audio([str(p) for p in audio_files])
-        image_emb = model.embed_image([str(p) for p in image_files])
+        audio_emb = model.embed_audio([str(p) for p in audio_files], num_threads=threads)
+        image_emb = model.embed_image([str(p) for p in image_files], num_threads=threads)
     similarity = (audio_emb @ image_emb.T).float().cpu()
     results = {
         "audio_to_image_R@1": run_direction("audio -> image", audio_files, image_files, similarity, audio_labels,
@@ -116,4 +119,4 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "equiav demo")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from .audio import audio_input_to_fbanks
 from .config import EquiAVConfig
+from .console import add_runtime_arguments, run_main, set_threads
 from .image import load_image, preprocess_image, resized_size
 
 
@@ -69,11 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="equiav-tiny-digits")
     parser.add_argument("--display-size", type=int, default=384, help="side of the written image in pixels")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the heat map")
+    add_runtime_arguments(parser)
     args = parser.parse_args(argv)
 
     from .model import EquiAVModel
 
     model = EquiAVModel.from_pretrained(args.model)
+    set_threads(args.threads, model.config.embed_dim)
     cropped, heat = localize_files(model, args.audio, args.image)
     shown = cropped.resize((args.display_size, args.display_size), Image.BICUBIC)
     overlay(shown, heat, args.alpha).save(args.output)
@@ -82,4 +85,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "equiav localize")

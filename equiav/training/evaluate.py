@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..classifier import EquiAVClassifier
 from ..cli import Command
 from ..config import EquiAVConfig
+from ..console import add_runtime_arguments, debugging, model_width, run_main, set_threads
 from ..errors import DatasetError, EquiAVError
 from ..retrieval import DEFAULT_KS, TIE_RULES, audio_visual_retrieval, format_table, similarity_matrix
 from .classification import LabelledDataset, evaluate_classifier
@@ -233,6 +234,7 @@ def add_model_arguments(
             default=True,
             help="show a progress bar (--no-progress)",
         )
+    add_runtime_arguments(parser)
 
 
 def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -337,9 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "batch_size", 1) < 1:
         raise SystemExit("equiav eval: --batch-size must be at least 1")
+    set_threads(args.threads, model_width(args.model))
     try:
         args.func(args)
     except EquiAVError as error:
+        if debugging():
+            raise
         raise SystemExit(f"equiav eval: {type(error).__name__}: {error}") from None
 
 
@@ -347,4 +352,4 @@ COMMAND = Command(help="evaluation (e.g. `equiav eval retrieval ...`)", main=mai
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "python -m equiav.training.evaluate")

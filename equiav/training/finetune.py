@@ -47,6 +47,7 @@ import torch
 
 from ..classifier import EquiAVClassifier, load_label_names
 from ..config import EquiAVConfig
+from ..console import add_runtime_arguments, debugging, model_width, run_main, set_threads
 from ..deprecation import moved_names
 from ..errors import ConfigError, EquiAVError
 from .classification import (
@@ -239,9 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", choices=list_recipes(), default=None, help="named hyperparameters (Table A)"
     )
     parser.add_argument(
-        "--config", metavar="PATH", help="JSON file with FinetuneConfig fields (nested objects)"
+        "--config",
+        metavar="PATH",
+        help="JSON file with FinetuneConfig fields (nested objects); relative data paths in it are taken from "
+        "the file's own folder",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_runtime_arguments(parser, threads=False)
     add_options(parser, FinetuneConfig)
     return parser
 
@@ -252,7 +257,9 @@ def config_from_args(argv: list[str] | None = None) -> tuple[FinetuneConfig, arg
     values: dict[str, Any] = dict(RECIPES[args.recipe]) if args.recipe else {}
     if args.config:
         values = _merge(values, read_config_file(args.config))
-    return config_from_layers(FinetuneConfig, values, args, skip=("recipe", "config", "print_config")), args
+    return config_from_layers(
+        FinetuneConfig, values, args, skip=("recipe", "config", "print_config", "debug")
+    ), args
 
 
 # --------------------------------------------------------------------------------------------------- task
@@ -456,8 +463,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return
+        set_threads(cfg.threads, model_width(cfg.backbone) if cfg.backbone else cfg.model_config().embed_dim)
         result = finetune(cfg)
     except EquiAVError as error:
+        if debugging():
+            raise
         raise SystemExit(f"equiav finetune: {type(error).__name__}: {error}") from None
     print(json.dumps(result, indent=2))
 
@@ -473,4 +483,4 @@ __getattr__ = moved_names(
 )
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "python -m equiav.training.finetune")

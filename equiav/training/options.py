@@ -226,9 +226,60 @@ def set_nested(values: dict[str, Any], dotted: str, value: Any) -> None:
     values[last] = value
 
 
+# The configs shipped with the package (``--config avdigits-tiny``); ``configs/`` of a checkout links to them.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Fields of a config file that name files or folders; relative values are taken from the file's own folder.
+FILE_FIELDS = ("data.path", "data.val_path", "data.label_csv", "mae_init")
+
+CONFIG_HELP = (
+    "a JSON file of config fields, or the name of a config shipped with equiav ({names}). Relative data paths "
+    "in the file (data.path, data.val_path, data.label_csv, mae_init) are taken from the file's own folder (after "
+    "following links), so a run finds its data from any working directory; paths given on the command line are "
+    "taken from the working directory"
+)
+
+
+def list_configs() -> list[str]:
+    """Names of the configs shipped with the package (``avdigits-tiny``, ...)."""
+    return sorted(path.stem.replace("_", "-") for path in CONFIG_DIR.glob("*.json"))
+
+
+def config_help() -> str:
+    """The ``--config`` help text, with the shipped config names."""
+    return CONFIG_HELP.format(names=", ".join(list_configs()))
+
+
+def find_config_file(name_or_path: str | Path) -> Path:
+    """The file of ``--config``: an existing path, else a shipped config by name; ``ConfigError`` otherwise."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = CONFIG_DIR / f"{str(name_or_path).replace('-', '_')}.json"
+    if path.suffix != ".json" and path.name == str(name_or_path) and shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"--config {name_or_path}: no such file, and not a shipped config (shipped: {', '.join(list_configs())})"
+    )
+
+
+def resolve_file_fields(values: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``values`` with the relative paths of ``FILE_FIELDS`` joined to ``folder``."""
+    for dotted in FILE_FIELDS:
+        *parents, last = dotted.split(".")
+        node: Any = values
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str) and node[last]:
+            if not Path(node[last]).expanduser().is_absolute():
+                node[last] = str(folder / node[last])
+    return values
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The JSON object of a ``--config`` file; raises ``ConfigError`` naming the file when it is not one."""
-    path = Path(path)
+    """The JSON object of a ``--config`` file or shipped config name, with relative data paths taken from the
+    file's folder; raises ``ConfigError`` naming the file when it is not one."""
+    path = find_config_file(path)
     try:
         values = json.loads(path.read_text())
     except OSError as error:
@@ -237,7 +288,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a JSON object of config fields")
-    return values
+    return resolve_file_fields(values, path.resolve().parent)
 
 
 def config_from_layers(

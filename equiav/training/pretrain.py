@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import EquiAVConfig
+from ..console import add_runtime_arguments, run_main, set_threads
 from ..errors import ConfigError
 from ..model import EquiAVModel
 from ..retrieval import retrieval_metrics
@@ -38,7 +39,7 @@ from ..state_dicts import load_mae_weights
 from .datasets import DataConfig, avdigits_eval_set, build_dataset
 from .distributed import mean_over_ranks
 from .losses import EquiAVLoss, Stage
-from .options import add_options, config_from_layers, read_config_file
+from .options import add_options, config_from_layers, config_help, read_config_file
 from .run_config import OptimConfig, RunConfig
 from .trainer import (
     KILL_AT_STEP_ENV,
@@ -184,14 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m equiav.training.pretrain",
         description="Pretrain an EquiAV model. Options override the values of --config; run alone or under torchrun.",
     )
-    parser.add_argument(
-        "--config", metavar="PATH", help="JSON file with PretrainConfig fields (nested objects)"
-    )
+    parser.add_argument("--config", metavar="PATH_OR_NAME", help=config_help())
     parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved config as JSON and exit without training",
     )
+    add_runtime_arguments(parser, threads=False)
     add_options(parser, PretrainConfig)
     return parser
 
@@ -200,7 +200,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[PretrainConfig, arg
     """Parse the command line: defaults < ``--config`` file < options given on the command line."""
     args = build_parser().parse_args(argv)
     values = read_config_file(args.config) if args.config else {}
-    return config_from_layers(PretrainConfig, values, args, skip=("config", "print_config")), args
+    return config_from_layers(PretrainConfig, values, args, skip=("config", "print_config", "debug")), args
 
 
 # --------------------------------------------------------------------------------------------------- task
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return
+    set_threads(cfg.threads, cfg.model_config().embed_dim)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"step": result["step"], "val": result["val"]}), file=sys.stdout)
@@ -344,4 +345,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "python -m equiav.training.pretrain")

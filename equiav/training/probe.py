@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..checks import all_finite
+from ..console import add_runtime_arguments, debugging, model_width, run_main, set_threads
 from ..errors import EquiAVError, InvalidInputError
 from .classification import DIGIT_NAMES, LabelledDataset
 from .datasets import DataConfig, build_dataset, collate_items
@@ -294,6 +295,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the result as JSON")
+    add_runtime_arguments(parser)
 
 
 def _probe_sets(args: argparse.Namespace, config) -> dict[str, Any]:
@@ -376,11 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_probe_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    set_threads(args.threads, model_width(args.model))
     try:
         run_probe(args)
     except EquiAVError as error:
+        if debugging():
+            raise
         raise SystemExit(f"equiav probe: {type(error).__name__}: {error}") from None
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "python -m equiav.training.probe")

@@ -68,6 +68,7 @@ RUN_MINIMUMS = {
     "keep_last": 1,
     "log_every": 1,
     "num_workers": 0,
+    "threads": 1,
     "val_every": 0,
 }
 
@@ -97,6 +98,8 @@ class RunConfig:
     * ``deterministic``: use deterministic kernels only (needed for bit-exact resume; slower on GPU).
     * ``device``: ``auto``, ``cpu`` or ``cuda``.
     * ``num_workers``: data-loader worker processes per training process.
+    * ``threads``: CPU threads of each training process (default: 1 for models narrower than 384, whose small
+      operators slow down on several threads when other jobs share the cores; else one per core).
     * ``log_every``: log training metrics every this many optimizer steps.
     * ``val_every``: validate every this many optimizer steps (0: only at the end).
     * ``tensorboard``: also write TensorBoard event files.
@@ -123,6 +126,7 @@ class RunConfig:
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 4
+    threads: int | None = None
     log_every: int = 10
     val_every: int = 0
     tensorboard: bool = True
