@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from .config import EquiAVConfig
@@ -37,6 +37,7 @@ from .errors import CheckpointError, ConfigError, InvalidInputError, UnknownMode
 from .hub import CONFIG_FILE, WEIGHTS_FILE, download_weights, looks_like_repo_id, read_weights, save_weights
 from .labels import load_label_names, read_label_file
 from .layers import init_weights
+from .model_card import card_for
 from .packing import pack_linear_layers
 from .state_dicts import check_state_dict, clean_official_state_dict, infer_config, read_checkpoint
 from .towers import TOWER_PARTS, Towers
@@ -321,6 +322,10 @@ class EquiAVClassifier(
         return preprocess_images(items, self.config.backbone)
 
     # ------------------------------------------------------------------ weights
+
+    def generate_model_card(self, *args: Any, datasets: list[str] | None = None, **kwargs: Any) -> ModelCard:
+        """The Hub card that ``save_pretrained`` writes as ``README.md`` (see ``equiav.model_card``)."""
+        return card_for(self, datasets)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_weights(self, Path(save_directory))
