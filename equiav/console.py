@@ -22,7 +22,7 @@ from .config import EquiAVConfig, list_models
 from .threads import SMALL_MODEL_WIDTH, THREADS_HELP, check_threads, resolve_threads
 
 DEBUG_ENV = "EQUIAV_DEBUG"
-DEBUG_HELP = f"show the full traceback of an error (or set {DEBUG_ENV}=1)"
+DEBUG_HELP = f"show the full traceback of an error (default: off; {DEBUG_ENV}=1 does the same)"
 
 
 def positive_int(text: str) -> int:
