@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .dataclass_io import from_dict
+from .dataclass_io import MAX_NESTING, from_dict, nesting_depth
 from .errors import ConfigError, UnknownModelError
 
 AUDIO_NORMALIZATIONS = ("dataset", "utterance")
@@ -25,6 +25,22 @@ VARIANTS = {
     "inter_embedding": ("centroid", "predicted", "original", "augmented"),
     "intra_space": ("equivariant", "invariant"),
 }
+# Upper bounds of the size fields, checked before anything is allocated: a config.json or a checkpoint's shapes
+# that ask for more describe no model worth building (ViT-22B has embed_dim 6144 and 48 blocks). Each is several
+# times the largest published ViT's; raise an entry to build a larger model on purpose.
+LIMITS: dict[str, int] = {
+    "embed_dim": 16384, "depth": 256, "num_heads": 1024, "patch_size": 1024, "in_chans": 64, "audio_aug_dim": 4096,
+    "visual_aug_dim": 4096, "aug_embed_dim": 16384, "cross_attn_heads": 1024, "cross_attn_head_dim": 4096,
+    "proj_hidden_dim": 65536, "intra_proj_dim": 65536, "inter_proj_dim": 65536, "num_views": 65536,
+    "hypernetwork_rank": 4096, "sample_rate": 1 << 26, "num_mel_bins": 4096, "target_length": 1 << 20,
+    "image_size": 16384, "image_resize": 16384,
+}  # fmt: skip
+# Upper bound of the multipliers of a width (MLP hidden sizes).
+MAX_RATIO = 64.0
+# Upper bound of a model's estimated parameter and buffer count (16 GB in float32), checked after the fields.
+MAX_PARAMETERS = 1 << 32
+# The seeds torch.Generator accepts: a signed or unsigned 64-bit integer.
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 
 
 @dataclass
@@ -103,16 +119,14 @@ class EquiAVConfig:
 
     def validate(self) -> None:
         """Check the values that would otherwise fail deep inside the model with an obscure error."""
-        positive = [
-            "embed_dim", "depth", "num_heads", "patch_size", "in_chans", "audio_aug_dim", "visual_aug_dim",
-            "aug_embed_dim", "cross_attn_heads", "cross_attn_head_dim", "proj_hidden_dim", "intra_proj_dim",
-            "inter_proj_dim", "num_views", "hypernetwork_rank", "sample_rate", "num_mel_bins", "target_length",
-            "image_size", "image_resize",
-        ]  # fmt: skip
-        for name in positive:
+        for name, limit in LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+            if value > limit:
+                raise ConfigError(
+                    f"config field '{name}' is {value}, above its limit of {limit} (equiav.config.LIMITS)"
+                )
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"config field 'embed_dim' ({self.embed_dim}) must be divisible by 'num_heads' ({self.num_heads})"
@@ -131,8 +145,13 @@ class EquiAVConfig:
             if not _is_real(value) or not math.isfinite(value) or (name in positive_reals and value <= 0):
                 kind = "a finite positive number" if name in positive_reals else "a finite number"
                 raise ConfigError(f"config field '{name}' must be {kind}, got {value!r}")
-        if not isinstance(self.view_seed, int) or isinstance(self.view_seed, bool):
-            raise ConfigError(f"config field 'view_seed' must be an integer, got {self.view_seed!r}")
+        for name in ("mlp_ratio", "cross_attn_mlp_ratio"):
+            if getattr(self, name) > MAX_RATIO:
+                raise ConfigError(
+                    f"config field '{name}' is {getattr(self, name)}, above its limit of {MAX_RATIO} "
+                    "(equiav.config.MAX_RATIO)"
+                )
+        self._validate_seed()
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ConfigError("config fields 'image_mean' and 'image_std' must have 3 values (RGB)")
         rgb_ok = all(math.isfinite(v) for v in self.image_mean + self.image_std) and min(self.image_std) > 0
@@ -146,6 +165,8 @@ class EquiAVConfig:
                 f"config fields 'name' and 'extra' must be a string and a JSON object, got {self.name!r} and "
                 f"{type(self.extra).__name__}"
             )
+        if nesting_depth(self.extra) > MAX_NESTING:
+            raise ConfigError(f"config field 'extra' is nested more than {MAX_NESTING} levels deep")
         if self.audio_normalization not in AUDIO_NORMALIZATIONS:
             raise ConfigError(
                 f"config field 'audio_normalization' must be one of {', '.join(AUDIO_NORMALIZATIONS)}, "
@@ -161,6 +182,40 @@ class EquiAVConfig:
                 f"config field 'image_interpolation' must be bicubic, bilinear or nearest, "
                 f"got {self.image_interpolation!r}"
             )
+        self._validate_size()
+
+    def _validate_seed(self) -> None:
+        """A view seed torch.Generator takes, instead of its bare "Overflow when unpacking long long"."""
+        seed, (low, high) = self.view_seed, SEED_RANGE
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"config field 'view_seed' must be an integer, got {seed!r}")
+        if not low <= seed <= high:
+            raise ConfigError(
+                f"config field 'view_seed' must lie in [-2**63, 2**64 - 1] (64 bits), got {seed}"
+            )
+
+    def _validate_size(self) -> None:
+        """Refuse a model whose fields are each within LIMITS but whose product is not (e.g. wide and deep)."""
+        count = self.estimated_parameters()
+        if count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"config describes a model of about {count:.3g} parameters (embed_dim={self.embed_dim}, "
+                f"depth={self.depth}, ...), above the limit of {MAX_PARAMETERS:.3g} (equiav.config.MAX_PARAMETERS)"
+            )
+
+    def estimated_parameters(self) -> int:
+        """Approximate number of parameters and buffers of an ``EquiAVModel`` with this config (its largest terms)."""
+        dim, hidden = self.embed_dim, self.proj_hidden_dim
+        block = int((4 + 2 * self.mlp_ratio) * dim * dim)
+        tokens = self.num_audio_patches + self.num_image_patches
+        patch = 2 * self.in_chans * self.patch_size**2 * dim
+        width = self.cross_attn_heads * self.cross_attn_head_dim
+        predictor = 4 * dim * width + int(2 * self.cross_attn_mlp_ratio * dim * dim) + self.aug_embed_dim**2
+        heads = 2 * (dim * hidden + hidden * hidden) + 2 * hidden * (
+            self.intra_proj_dim + self.inter_proj_dim
+        )
+        views = self.num_views * (self.audio_aug_dim + self.visual_aug_dim)
+        return 2 * self.depth * block + tokens * dim + patch + 2 * predictor + 2 * heads + views
 
     @property
     def audio_grid(self) -> tuple[int, int]:
@@ -202,6 +257,8 @@ class EquiAVConfig:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ConfigError(f"{source}: not valid JSON ({error})") from error
+        except RecursionError as error:
+            raise ConfigError(f"{source}: JSON nested too deeply to read") from error
         return cls.from_dict(data, source=source)
 
     def save(self, path: str | Path) -> None:

@@ -9,6 +9,23 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+# How deeply a field's JSON value may nest lists and objects: deeper values exhaust Python's recursion limit when
+# they are copied or written back (``dataclasses.asdict``, ``json.dumps``), long after they were read.
+MAX_NESTING = 32
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of nested lists, tuples and dicts in ``value`` (0 for a scalar), found without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
 
 def from_dict(cls: type[T], data: Any, source: str, what: str = "config") -> T:
     """``cls(**data)`` for a dataclass ``cls``, with every problem raised as a ``ConfigError`` that starts with
@@ -25,10 +42,13 @@ def from_dict(cls: type[T], data: Any, source: str, what: str = "config") -> T:
     missing = [name for name in required if name not in data]
     if missing:
         raise ConfigError(f"{source}: missing {what} field(s) {missing}")
+    deep = sorted(str(name) for name, value in data.items() if nesting_depth(value) > MAX_NESTING)
+    if deep:
+        raise ConfigError(f"{source}: {what} field(s) {deep} nested more than {MAX_NESTING} levels deep")
     try:
         return cls(**data)
     except (ConfigError, TypeError) as error:
         raise ConfigError(f"{source}: {error}") from error
 
 
-__all__ = ["from_dict"]
+__all__ = ["MAX_NESTING", "from_dict", "nesting_depth"]

@@ -333,6 +333,7 @@ class EquiAVModel(
         """
         from .audio import audio_inputs_to_fbanks
 
+        _check_batch_size(batch_size)
         items = _as_list(x)
         fbanks = audio_inputs_to_fbanks(items, sample_rate, self.config, windows=windows)
         counts = [f.shape[0] for f in fbanks]
@@ -345,11 +346,12 @@ class EquiAVModel(
 
     @torch.no_grad()
     def embed_image(self, x: Any, *, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-        """L2-normalized embeddings (B, D) of image files, PIL images, arrays, tensors or a list of them."""
+        """L2-normalized embeddings (B, D) of image files, PIL images, arrays, tensors or a list of them; a
+        (B, C, H, W) tensor, alone or in the list, stands for its B images."""
         from .image import preprocess_images
 
-        items = _as_list(x)
-        pixels = preprocess_images(items, self.config)
+        _check_batch_size(batch_size)
+        pixels = preprocess_images(_image_items(x), self.config)
         return F.normalize(self._batched(self.encode_image, pixels, batch_size, progress, "image"), dim=-1)
 
     @torch.no_grad()
@@ -404,6 +406,22 @@ def _as_list(x: Any) -> list[Any]:
             raise InvalidInputError("got an empty list of inputs")
         return list(x)
     return [x]
+
+
+def _image_items(x: Any) -> list[Any]:
+    """``_as_list``, with each 4-D (B, C, H, W) tensor replaced by its B images."""
+    items = []
+    for item in _as_list(x):
+        items.extend(item.unbind(0) if isinstance(item, torch.Tensor) and item.dim() == 4 else [item])
+    if not items:
+        raise InvalidInputError("got an image batch tensor holding no images (batch size 0)")
+    return items
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    """``batch_size`` must be a positive int (0 or a negative one would fail inside ``torch.split``)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def default_views(config: EquiAVConfig) -> tuple[torch.Tensor, torch.Tensor]:

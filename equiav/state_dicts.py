@@ -8,12 +8,14 @@ from these state dicts is ``equiav.hub``'s job; ``equiav.convert`` writes them i
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checks import all_finite
 from .config import EquiAVConfig
 from .errors import CheckpointError
 
@@ -61,7 +63,35 @@ def read_checkpoint_and_config(path: str | Path) -> tuple[dict[str, torch.Tensor
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: the checkpoint contains no tensors")
+    check_stored_sizes(tensors, str(path))
     return tensors, stored if isinstance(stored, dict) else None
+
+
+def check_stored_sizes(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors whose shape claims more values than the file stores (expanded or overlapping views).
+
+    A pickle may hold a view with zero strides, such as a (1, 10**10, 128) expansion of 128 values: it loads in
+    kilobytes, but a model sized from its shape would need 80 GB. Shapes are only trusted as far as the bytes behind
+    them go.
+    """
+    for key, tensor in tensors.items():
+        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        if tensor.numel() > stored:
+            raise CheckpointError(
+                f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} ({tensor.numel()} values) but the file "
+                f"stores only {stored} values for it (an expanded view); save it with .contiguous() or .clone()"
+            )
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a ``CheckpointError`` naming the floating-point tensors that hold NaN or infinite values."""
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not all_finite(v))
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold NaN or infinite values: {shown}; the weights are damaged "
+            "(pass check_weights=False to load them anyway)"
+        )
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -102,52 +132,85 @@ def infer_config(
     base = base or EquiAVConfig()
     sd = strip_prefixes(state_dict)
 
-    def shape(key: str) -> tuple[int, ...]:
+    def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in sd:
             raise CheckpointError(
                 f"cannot infer the architecture: tensor '{key}' is missing from the checkpoint"
             )
+        if sd[key].dim() != ndim:
+            raise CheckpointError(
+                f"cannot infer the architecture: tensor '{key}' has shape {tuple(sd[key].shape)}, expected {ndim} "
+                "dimensions"
+            )
         return tuple(sd[key].shape)
 
-    embed_dim, in_chans, patch, _ = shape("patch_embed_a.proj.weight")
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks_a."))
+    embed_dim, in_chans, patch, _ = shape("patch_embed_a.proj.weight", 4)
+    depth = _block_count(sd, "blocks_a.")
     values: dict[str, Any] = dict(
         embed_dim=embed_dim,
         in_chans=in_chans,
         patch_size=patch,
         depth=depth,
         num_heads=base.num_heads if base.embed_dim == embed_dim else max(1, embed_dim // 64),
-        mlp_ratio=shape("blocks_a.0.mlp.fc1.weight")[0] / embed_dim,
+        mlp_ratio=shape("blocks_a.0.mlp.fc1.weight", 2)[0] / embed_dim,
     )
     if "pos_embed_v" in sd:
-        size = int(round(shape("pos_embed_v")[1] ** 0.5)) * patch
+        tokens = shape("pos_embed_v", 3)[1]
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise CheckpointError(
+                f"cannot infer the architecture: 'pos_embed_v' has {tokens} tokens, not a square grid of patches"
+            )
+        size = side * patch
         # A size other than the base's gets the authors' preprocessing, Resize(size) + CenterCrop(size).
         values.update(image_size=size, image_resize=base.image_resize if base.image_size == size else size)
     if "pos_embed_a" in sd:
         rows = overrides.get("num_mel_bins", base.num_mel_bins) // patch
-        values.update(target_length=shape("pos_embed_a")[1] // rows * patch)
+        values.update(target_length=shape("pos_embed_a", 3)[1] // rows * patch)
     if "aug_encoder_a.0.weight" in sd:
-        aug_embed, audio_aug = shape("aug_encoder_a.0.weight")
+        aug_embed, audio_aug = shape("aug_encoder_a.0.weight", 2)
         values.update(
             aug_embed_dim=aug_embed,
             audio_aug_dim=audio_aug,
-            visual_aug_dim=shape("aug_encoder_v.0.weight")[1],
+            visual_aug_dim=shape("aug_encoder_v.0.weight", 2)[1],
         )
-        inner = shape("cross_attn_a.attn.to_q.weight")[0]
+        inner = shape("cross_attn_a.attn.to_q.weight", 2)[0]
         heads = base.cross_attn_heads if inner % base.cross_attn_heads == 0 else 1
         values.update(
             cross_attn_heads=heads,
             cross_attn_head_dim=inner // heads,
-            cross_attn_mlp_ratio=shape("cross_attn_a.mlp.fc1.weight")[0] / embed_dim,
+            cross_attn_mlp_ratio=shape("cross_attn_a.mlp.fc1.weight", 2)[0] / embed_dim,
         )
     if "pred_a_intra.fc1.weight" in sd:
         values.update(
-            proj_hidden_dim=shape("pred_a_intra.fc1.weight")[0],
-            intra_proj_dim=shape("pred_a_intra.fc3.weight")[0],
-            inter_proj_dim=shape("pred_a_inter.fc3.weight")[0],
+            proj_hidden_dim=shape("pred_a_intra.fc1.weight", 2)[0],
+            intra_proj_dim=shape("pred_a_intra.fc3.weight", 2)[0],
+            inter_proj_dim=shape("pred_a_inter.fc3.weight", 2)[0],
         )
     values.update(overrides)
     return base.replace(**values)
+
+
+def _block_count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    """Number of transformer blocks, whose keys ``prefix`` + i must be numbered 0, 1, ... without gaps."""
+    numbers = set()
+    for key in sd:
+        if key.startswith(prefix):
+            number = key[len(prefix) :].split(".")[0]
+            if not (number.isascii() and number.isdigit()):
+                raise CheckpointError(f"cannot infer the architecture: tensor '{key}' has no block number")
+            numbers.add(int(number))
+    if not numbers:
+        raise CheckpointError(
+            f"cannot infer the architecture: the checkpoint has no '{prefix}*' tensors (no transformer blocks)"
+        )
+    if numbers != set(range(len(numbers))):
+        example = next(k for k in sd if k.startswith(f"{prefix}{max(numbers)}."))
+        raise CheckpointError(
+            f"cannot infer the architecture: the {len(numbers)} '{prefix}*' blocks must be numbered 0.."
+            f"{len(numbers) - 1}, but tensor '{example}' has block number {max(numbers)}"
+        )
+    return len(numbers)
 
 
 def check_state_dict(

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checks import all_finite
 from .errors import InvalidInputError, VideoDecodeError
 from .image import resized_size
+from .paths import file_problem, shown
 
 FRAME_POSITIONS = ("middle", "cav-mae")
 DOWNMIX_MODES = ("first", "mean")
@@ -44,6 +46,8 @@ _MAX_DECODE_THREADS = 16
 _TRUNCATION_SLACK_S = 1.0
 # Samples per resampled chunk (0.5 s at 16 kHz): decoding runs at most one chunk past ``max_seconds``.
 _RESAMPLED_CHUNK = 8192
+# Top-level boxes of an MP4 / QuickTime file read when looking for one cut off by the end of the file.
+_MAX_BOXES = 64
 
 
 def _import_av() -> ModuleType:
@@ -62,12 +66,12 @@ def _open_video(path: str | os.PathLike) -> Iterator[Any]:
     av = _import_av()
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidInputError(f"video path must be a str or os.PathLike, got {type(path).__name__}")
+    problem = file_problem(path)
+    if problem:
+        raise VideoDecodeError(f"cannot read video {shown(path)}: the path {problem}")
     path = Path(path)
-    if not path.is_file():
-        reason = "is a directory" if path.is_dir() else "does not exist"
-        raise VideoDecodeError(f"cannot read video {path}: the path {reason}")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=_pixel_limit())
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoDecodeError(f"cannot open video {path}: {error}") from error
     try:
@@ -167,7 +171,7 @@ def _decode_audio(
     samples kept equal the start of the whole soundtrack's, bit for bit."""
     stream = container.streams.best("audio")
     if stream is None:
-        raise VideoDecodeError(f"video {path} has no audio stream")
+        raise VideoDecodeError(f"video {path} has no audio stream{_damage_note(container, path)}")
     declared = stream.duration * float(stream.time_base) if stream.duration else None
     wanted = None if max_seconds is None else math.ceil(max_seconds * sample_rate)
     resampler = _Resampler(sample_rate, first_channel=downmix == "first", path=path)
@@ -192,7 +196,10 @@ def _decode_audio(
             "the file is probably truncated"
         )
     mono = channels[0] if downmix == "first" else channels.mean(axis=0)
-    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    if not all_finite(waveform):
+        raise InvalidInputError(f"video {path}: its audio stream holds NaN or infinite samples")
+    return waveform
 
 
 class _Resampler:
@@ -374,10 +381,76 @@ def _container_start(container: Any) -> float:
 def _video_stream(container: Any, path: str | os.PathLike) -> Any:
     stream = container.streams.best("video")
     if stream is None:
-        raise VideoDecodeError(f"video {path} has no video stream")
+        raise VideoDecodeError(f"video {path} has no video stream{_damage_note(container, path)}")
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if not width or not height:
+        width, height = _header_size(path)
+    _check_frame_size(width, height, path)
+    stream.codec_context.options = _pixel_limit()
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = min(torch.get_num_threads(), _MAX_DECODE_THREADS)
     return stream
+
+
+def _pixel_limit() -> dict[str, str]:
+    """FFmpeg decoder options that refuse frames above ``PIL.Image.MAX_IMAGE_PIXELS`` before allocating them.
+
+    They also bound the frame FFmpeg decodes while opening a file to learn its streams' parameters.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    return {} if limit is None else {"max_pixels": str(int(limit))}
+
+
+def _header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the best video stream as its bitstream header states them, without decoding pixels.
+
+    Used when opening under the pixel limit left a stream's size unknown, which a frame above that limit does.
+    """
+    av = _import_av()
+    with av.open(str(path), options={"skip_frame": "all"}) as container:
+        stream = container.streams.best("video")
+        return (stream.codec_context.width, stream.codec_context.height) if stream is not None else (0, 0)
+
+
+def _check_frame_size(width: int, height: int, path: str | os.PathLike) -> None:
+    """Refuse frames above the pixel limit of image files (``PIL.Image.MAX_IMAGE_PIXELS``) before decoding them."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise VideoDecodeError(
+            f"refusing to decode video {path}: its frames are {width}x{height} pixels ({width * height}), above "
+            f"PIL.Image.MAX_IMAGE_PIXELS ({limit}), the limit image files have; raise it if the file is trusted"
+        )
+
+
+def _damage_note(container: Any, path: str | os.PathLike) -> str:
+    """Why an MP4 / QuickTime container looks truncated, completing an error about a missing stream or frame."""
+    if "mov" not in container.format.name.split(","):
+        return ""
+    problem = _cut_off_box(path)
+    return f": the file is truncated or damaged ({problem})" if problem else ""
+
+
+def _cut_off_box(path: str | os.PathLike) -> str | None:
+    """The first top-level MP4 box that claims more bytes than the file has left, described; None if none does."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        offset = 0
+        for _ in range(_MAX_BOXES):
+            file.seek(offset)
+            header = file.read(16)
+            if len(header) < 8:
+                return None
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")
+            if length == 0:
+                return None  # the box runs to the end of the file
+            if offset + length > size:
+                return (
+                    f"its '{kind}' box claims {length} bytes but the file ends {size - offset} bytes into it"
+                )
+            offset += length
+    return None
 
 
 def _video_span(container: Any, stream: Any) -> tuple[float, float]:
@@ -445,14 +518,17 @@ def _frames_at(
     """Frames on screen at each target time, in the order of ``targets``."""
     cursor = _FrameCursor(container, stream, span, path)
     try:
-        images = {target: _to_image(cursor.frame_at(target), short_side) for target in sorted(set(targets))}
+        images = {
+            target: _to_image(cursor.frame_at(target), short_side, path) for target in sorted(set(targets))
+        }
     finally:
         cursor.close()
     return [images[target] for target in targets]
 
 
-def _to_image(frame: Any, short_side: int | None) -> Image.Image:
+def _to_image(frame: Any, short_side: int | None, path: str | os.PathLike) -> Image.Image:
     """An RGB PIL image of a decoded frame, scaled to ``short_side`` in the same FFmpeg pass when given."""
+    _check_frame_size(frame.width, frame.height, path)  # a frame may be larger than the stream's header says
     if short_side is None:
         return frame.to_image()
     height, width = resized_size(frame.height, frame.width, short_side)
@@ -555,7 +631,7 @@ class _FrameCursor:
         while True:
             seek_time = max(target - rewind, self._start)
             self.close()
-            self._container.seek(int(math.floor(seek_time / base)), stream=self._stream, backward=True)
+            self._seek_to(int(math.floor(seek_time / base)))
             self._frames = _decode_for_target(self._container, self._stream, self._target)
             self._shown = self._ahead = self._key_time = None
             self._advance(target)
@@ -563,9 +639,31 @@ class _FrameCursor:
                 return
             if seek_time <= self._start:
                 if self._ahead is None:
-                    raise VideoDecodeError(f"video {self._path}: no decodable video frame")
+                    note = _damage_note(self._container, self._path)
+                    raise VideoDecodeError(f"video {self._path}: no decodable video frame{note}")
                 return
             rewind = max(2 * rewind, 1.0)
+
+    def _seek_to(self, timestamp: int) -> None:
+        """Seek the video stream; a failure (FFmpeg's EPERM for a stream without frames) is explained."""
+        av = _import_av()
+        try:
+            self._container.seek(timestamp, stream=self._stream, backward=True)
+        except av.FFmpegError as error:
+            if not _has_video_packets(self._path):
+                raise VideoDecodeError(f"video {self._path}: its video stream holds no frames") from error
+            note = _damage_note(self._container, self._path) or ": the file is probably damaged"
+            raise VideoDecodeError(
+                f"video {self._path}: cannot seek in its video stream ({error}){note}"
+            ) from error
+
+
+def _has_video_packets(path: str | os.PathLike) -> bool:
+    """Whether the best video stream of a file holds any data, read from a fresh open (errors only)."""
+    av = _import_av()
+    with av.open(str(path)) as container:
+        stream = container.streams.best("video")
+        return stream is not None and any(packet.size for packet in container.demux(stream))
 
 
 def _decode_for_target(container: Any, stream: Any, target: list[float]) -> Generator[Any, None, None]:

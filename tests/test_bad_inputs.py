@@ -560,7 +560,7 @@ IMAGE_CASES: dict[str, tuple[Callable[[Ctx], Any], Ok | Fails | Skipped]] = {
     "image-array-int16": (lambda c: c.model.embed_image(np.zeros((5, 5, 3), np.int16)), Fails(InvalidInputError, r"dtype int16.*expected uint8")),
     "image-array-float-0-255": (lambda c: c.model.embed_image(np.full((5, 5, 3), 200.0, np.float32)), Fails(InvalidInputError, r"float image values must lie in \[0, 1\]")),
     "image-tensor-nan": (lambda c: c.model.embed_image(torch.full((3, 5, 5), float("nan"))), Fails(InvalidInputError, r"contains NaN or infinite")),
-    "image-tensor-4d": (lambda c: c.model.embed_image(torch.zeros(2, 3, 5, 5)), Fails(InvalidInputError, r"shape \(2, 3, 5, 5\)")),
+    "image-tensor-5d": (lambda c: c.model.embed_image(torch.zeros(1, 2, 3, 5, 5)), Fails(InvalidInputError, r"shape \(1, 2, 3, 5, 5\)")),
     "image-tensor-bool": (lambda c: c.model.embed_image(torch.zeros(3, 5, 5, dtype=torch.bool)), Fails(InvalidInputError, r"dtype torch\.bool")),
     "image-none": (lambda c: c.model.embed_image(None), Fails(InvalidInputError, r"images\[0\]: image must be .*got NoneType")),
     "image-empty-list": (lambda c: c.model.embed_image([]), Fails(InvalidInputError, r"empty list of inputs")),

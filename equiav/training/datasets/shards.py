@@ -34,6 +34,7 @@ import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
+from ...checks import all_finite
 from ...config import EquiAVConfig
 from ...errors import DatasetError, ImageDecodeError, InvalidInputError, StorageError
 from ...image import to_rgb
@@ -69,6 +71,9 @@ from .items import BadItem, SharedEpoch, ViewMaker, item_failure, item_generator
 from .mapped import RawSample, frame_choice
 
 INDEX_FILE = "shards.json"
+# Most shard names a brace pattern may expand to: a typo in a range (``{0..400000000}``) must not exhaust memory.
+MAX_PATTERN_NAMES = 100_000
+_RANGE = re.compile(r"\{(-?\d+|[A-Za-z])\.\.(-?\d+|[A-Za-z])(?:\.\.-?(\d+))?\}")
 FORMAT = "equiav-shards"
 VERSION = 1
 AUDIO_FIELDS = (
@@ -164,6 +169,22 @@ def _tar_sample(index: int, sample: RawSample) -> dict[str, Any]:
     return members
 
 
+def _pattern_names(spec: str) -> list[str]:
+    """The names of a brace pattern, refused past ``MAX_PATTERN_NAMES``: its ranges are sized before expanding,
+    since braceexpand holds each range in memory in full."""
+    size = 1
+    for start, end, step in _RANGE.findall(spec):
+        first, last = (int(v) if v.lstrip("-").isdigit() else ord(v) for v in (start, end))
+        size *= abs(last - first) // (int(step or 1) or 1) + 1
+    names = list(islice(braceexpand(spec), MAX_PATTERN_NAMES + 1)) if size <= MAX_PATTERN_NAMES else []
+    if size > MAX_PATTERN_NAMES or len(names) > MAX_PATTERN_NAMES:
+        raise DatasetError(
+            f"{spec}: the brace pattern names more than {MAX_PATTERN_NAMES} shards "
+            "(equiav.training.datasets.shards.MAX_PATTERN_NAMES); check its ranges"
+        )
+    return names
+
+
 class ShardIndex:
     """The shards to read (locations and sample counts) and the metadata of their ``shards.json``."""
 
@@ -187,7 +208,7 @@ class ShardIndex:
             return cls._from_location(join(spec, INDEX_FILE), selected=None)
         if name.endswith(".json"):
             return cls._from_location(spec, selected=None)
-        names = [found for pattern in braceexpand(spec) for found in _glob(pattern)]
+        names = [found for pattern in _pattern_names(spec) for found in _glob(pattern)]
         if not names:
             raise DatasetError(f"{spec}: no shard file matches")
         indexes = sorted({replace_name(found, INDEX_FILE) for found in names})
@@ -417,6 +438,8 @@ class ShardDataset(IterableDataset):
                 raise InvalidInputError(
                     f"stored filterbank has shape {tuple(fbank.shape)}, expected {expected}"
                 )
+            if not all_finite(fbank):
+                raise InvalidInputError("stored filterbank holds NaN or infinite values")
             frames = sorted((int(m[1]), ext) for ext in members if (m := _FRAME_NAME.match(ext)))
             if not frames:
                 raise InvalidInputError("the sample holds no frame")
