@@ -147,7 +147,13 @@ def cmd_similarity(args: argparse.Namespace) -> None:
         from .retrieval import plot_similarity
 
         plot_similarity(
-            similarity, args.plot, title="audio-image similarity", query_name="audio", gallery_name="image"
+            similarity,
+            args.plot,
+            title="audio -> image similarity",
+            query_name="audio",
+            gallery_name="images",
+            query_labels=[Path(p).name for p in args.audio],
+            gallery_labels=[Path(p).name for p in args.image],
         )
         print(f"wrote {args.plot}")
 

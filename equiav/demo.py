@@ -12,13 +12,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from .console import add_runtime_arguments, run_main, set_threads
-from .localize import heat_colors
-from .retrieval import ranks, summarize_ranks
+from .retrieval import plot_similarity, ranks, short_name, summarize_ranks
 
 
 def demo_set() -> tuple[list[Path], list[int], list[Path], list[int]]:
@@ -28,21 +25,6 @@ def demo_set() -> tuple[list[Path], list[int], list[Path], list[int]]:
     audio = [(root / item["path"], item["label"]) for item in index["audio"]]
     images = [(root / item["path"], item["label"]) for item in index["images"]]
     return [p for p, _ in audio], [y for _, y in audio], [p for p, _ in images], [y for _, y in images]
-
-
-def similarity_png(similarity: torch.Tensor, path: str | Path, cell: int = 12) -> Path:
-    """The matrix as a PNG heat map (rows: queries, columns: gallery), one ``cell``-pixel square per entry."""
-    values = similarity.float().numpy()
-    scaled = (values - values.min()) / max(float(values.max() - values.min()), 1e-8)
-    pixels = np.kron(heat_colors(scaled), np.ones((cell, cell, 1), dtype=np.uint8))
-    margin = 24
-    canvas = Image.new("RGB", (pixels.shape[1] + margin, pixels.shape[0] + margin), "white")
-    canvas.paste(Image.fromarray(pixels), (margin, margin))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((margin, 4), "gallery ->", fill="black")
-    draw.text((2, margin), "q", fill="black")
-    canvas.save(path)
-    return Path(path)
 
 
 def print_table(
@@ -114,8 +96,25 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
         "image_to_audio_R@1": run_direction("image -> audio", image_files, audio_files, similarity.T, image_labels,
                                             audio_labels),
     }  # fmt: skip
-    print(f"\nwrote {similarity_png(similarity, args.output)} (rows: audio, columns: images)")
+    print(f"\nwrote {write_plot(similarity, args, audio_files, image_files)}")
     return results
+
+
+def write_plot(
+    similarity: torch.Tensor, args: argparse.Namespace, audio: list[Path], images: list[Path]
+) -> Path:
+    """The similarity matrix as a labelled PNG at ``args.output``: audio file names on the rows, image (or video)
+    file names on the columns."""
+    gallery_name = "video frames" if args.video else "images"
+    return plot_similarity(
+        similarity,
+        args.output,
+        title=f"audio -> {gallery_name} similarity ({short_name(args.model)})",
+        query_name="audio",
+        gallery_name=gallery_name,
+        query_labels=[path.name for path in audio],
+        gallery_labels=[path.name for path in images],
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``equiav localize``: draw where in an image the sound comes from (paper Figure 3).
 
 The heat map is ``EquiAVModel.localize``: cosine similarity between the audio embedding and each image patch
-projected into the cross-modal space, upsampled to the image and blended over it.
+projected into the cross-modal space, upsampled to the image and blended over it. The written picture names the two
+files and has a colour bar with the similarity scale; it is drawn with Pillow, so it needs no plotting package.
 """
 
 from __future__ import annotations
@@ -9,26 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .audio import audio_input_to_fbanks
 from .config import EquiAVConfig
 from .console import add_runtime_arguments, run_main, set_threads
 from .image import load_image, preprocess_image, resized_size
+from .retrieval import draw_colorbar, heat_colors, label_font, short_name
 
-
-def heat_colors(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to RGB uint8 along a dark-blue -> red -> yellow ramp."""
-    stops = np.array(
-        [[0, 0, 80], [40, 0, 160], [200, 20, 60], [255, 140, 0], [255, 255, 80]], dtype=np.float64
-    )
-    position = np.clip(values, 0.0, 1.0) * (len(stops) - 1)
-    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
-    frac = (position - low)[..., None]
-    return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+MARGIN, TITLE_HEIGHT, BAR_GAP, BAR_SPACE = 12, 44, 16, 130
 
 
 def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image.Image:
@@ -39,6 +31,30 @@ def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.5) -> Image
     upsampled = F.interpolate(heat[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     colors = Image.fromarray(heat_colors(upsampled.numpy()))
     return Image.blend(image.convert("RGB"), colors, alpha)
+
+
+def heat_map_figure(image: Image.Image, heat: torch.Tensor, title: str, alpha: float = 0.5) -> Image.Image:
+    """The heat map blended over ``image`` (pasted at ``image_origin()``, unscaled), a title above it and a colour
+    bar on its right with the cosine-similarity scale of the heat map's lowest and highest patch."""
+    blended = overlay(image, heat, alpha)
+    left, top = image_origin()
+    bar_left = left + blended.width + BAR_GAP
+    font = label_font(14)
+    width = max(bar_left + BAR_SPACE, left + round(font.getlength(title)) + MARGIN)
+    canvas = Image.new("RGB", (width, top + blended.height + MARGIN), "white")
+    canvas.paste(blended, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((left, MARGIN), title, fill="black", font=font)
+    scale = (float(heat.min()), float(heat.max()))
+    draw_colorbar(
+        canvas, (bar_left, top, blended.height), scale, "audio-patch cosine similarity", label_font(12)
+    )
+    return canvas
+
+
+def image_origin() -> tuple[int, int]:
+    """Where ``heat_map_figure`` puts the blended image's top-left corner (x, y) in pixels."""
+    return MARGIN, TITLE_HEIGHT
 
 
 def center_crop(image: Image.Image, config: EquiAVConfig) -> Image.Image:
@@ -79,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads, model.config.embed_dim)
     cropped, heat = localize_files(model, args.audio, args.image)
     shown = cropped.resize((args.display_size, args.display_size), Image.BICUBIC)
-    overlay(shown, heat, args.alpha).save(args.output)
+    title = f"sound of {short_name(Path(args.audio).name)} in {short_name(Path(args.image).name)}"
+    heat_map_figure(shown, heat, title, args.alpha).save(args.output)
     peak = divmod(int(heat.argmax()), heat.shape[1])
     print(f"wrote {args.output}; strongest patch at row {peak[0]}, column {peak[1]} of {tuple(heat.shape)}")
 

@@ -171,6 +171,10 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
             audio = embed_rows(model, fbanks, "audio", ctx, args.batch_size, args.progress)
             video = embed_rows(model, images, "image", ctx, args.batch_size, args.progress)
             labels = (audio_labels, image_labels)
+            item_names = (
+                [f"digit {d}" for d in audio_labels.tolist()],
+                [f"digit {d}" for d in image_labels.tolist()],
+            )
             info.update(
                 data=str(args.avdigits), split=args.split, level="class", val_speakers=args.val_speakers
             )
@@ -179,38 +183,69 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
             clips = ManifestClips(args.manifest, config, frame)
             audio, video = embed_manifest(model, clips, ctx, args.batch_size, args.num_workers, args.progress)
             labels = (manifest_labels(clips),) * 2 if args.class_level else (None, None)
+            item_names = ([entry.video_id for entry in clips.entries],) * 2
             info.update(
                 data=str(args.manifest), frame=frame, level="class" if args.class_level else "instance"
             )
         result = {**info, "num_audio": audio.shape[0], "num_video": video.shape[0]}
         result.update(audio_visual_retrieval(audio, video, labels[0], labels[1], ks=args.ks, ties=args.ties))
         if ctx.is_main:
-            _report(result, args, audio, video)
+            _report(result, args, audio, video, item_names)
         return result
     finally:
         teardown_distributed()
 
 
+def visual_name(result: dict[str, Any]) -> str:
+    """What the visual items of a retrieval result are: AV-digits scores images, a manifest one frame per video.
+    The result's keys say ``video`` for both (kept for compatibility); printed text and plots use this name."""
+    return "video frame" if "frame" in result else "image"
+
+
 def _report(
-    result: dict[str, Any], args: argparse.Namespace, audio: torch.Tensor, video: torch.Tensor
+    result: dict[str, Any],
+    args: argparse.Namespace,
+    audio: torch.Tensor,
+    video: torch.Tensor,
+    item_names: tuple[list[str], list[str]],
 ) -> None:
+    """Print the table, write the JSON and the plot; ``item_names`` (audio, visual) label the plot's ticks."""
+    visual = visual_name(result)
     directions = {k: result[k] for k in ("video_to_audio", "audio_to_video")}
+    names = {"video_to_audio": f"{visual} -> audio", "audio_to_video": f"audio -> {visual}"}
     print(
-        f"{result['level']}-level retrieval, {result['num_audio']} audio / {result['num_video']} video items"
+        f"{result['level']}-level retrieval, {result['num_audio']} audio / {result['num_video']} {visual} items"
     )
-    print(format_table(directions))
+    print(format_table(directions, names))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.output}")
     if args.plot:
-        from ..retrieval import plot_similarity
+        _plot(result, args.plot, audio, video, item_names)
 
-        title = f"video-to-audio similarity ({result['level']} level)"
-        plot_similarity(
-            similarity_matrix(video, audio), args.plot, title=title, query_name="video", gallery_name="audio"
-        )
-        print(f"wrote {args.plot}")
+
+def _plot(
+    result: dict[str, Any],
+    path: str,
+    audio: torch.Tensor,
+    video: torch.Tensor,
+    item_names: tuple[list[str], list[str]],
+) -> None:
+    """The visual-to-audio similarity matrix as a PNG, items named by their digit (AV-digits) or clip id."""
+    from ..retrieval import plot_similarity
+
+    visual = visual_name(result)
+    plot_similarity(
+        similarity_matrix(video, audio),
+        path,
+        title=f"{visual} -> audio similarity ({result['level']} level)",
+        query_name=f"{visual}s",
+        gallery_name="audio",
+        query_labels=item_names[1],
+        gallery_labels=item_names[0],
+    )
+    print(f"wrote {path}")
 
 
 def add_model_arguments(
@@ -268,7 +303,11 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     parser.add_argument("--output", default=None, help="write the results as JSON")
-    parser.add_argument("--plot", default=None, help="write the video-to-audio similarity matrix as a PNG")
+    parser.add_argument(
+        "--plot",
+        default=None,
+        help="write the image (AV-digits) or frame (manifest) to audio similarities as a PNG",
+    )
 
 
 def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
