@@ -21,15 +21,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from .aug_vectors import AudioAugmentConfig, VisualAugmentConfig, sample_audio_vectors, sample_visual_vectors
 from .config import EquiAVConfig
+from .console import show_progress
 from .errors import InvalidInputError
 from .layers import ProjectionHead, augmentation_encoder, init_weights
+from .model_card import card_for
 from .packing import pack_linear_layers
 from .predictors import build_predictor
+from .threads import resolve_threads, thread_limit
 from .towers import TOWER_PARTS, TOWERS, Towers
 
 
@@ -269,22 +272,33 @@ class EquiAVModel(
         """
         out = EquiAVOutput()
         if audio is not None:
-            tokens, tokens_aug = self._two_views(
-                audio, audio_aug, self._embed_audio_patches, self.blocks_a, self.norm_a, self.norm_a_aug
-            )
-            views = self._views(t_audio_views, self.audio_views, tokens.shape[0], "t_audio_views")
-            out.inter_audio, out.equi_audio, out.aug_audio = self._branch(
-                tokens, tokens_aug, views, t_audio, "a"
+            out.inter_audio, out.equi_audio, out.aug_audio = self._modality(
+                "a", audio, audio_aug, t_audio, t_audio_views
             )
         if image is not None:
-            tokens, tokens_aug = self._two_views(
-                image, image_aug, self._embed_image_patches, self.blocks_v, self.norm_v, self.norm_v_aug
-            )
-            views = self._views(t_image_views, self.visual_views, tokens.shape[0], "t_image_views")
-            out.inter_image, out.equi_image, out.aug_image = self._branch(
-                tokens, tokens_aug, views, t_image, "v"
+            out.inter_image, out.equi_image, out.aug_image = self._modality(
+                "v", image, image_aug, t_image, t_image_views
             )
         return out
+
+    def _modality(
+        self,
+        modality: str,
+        x: torch.Tensor,
+        x_aug: torch.Tensor | None,
+        t: torch.Tensor | None,
+        t_views: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The pretraining forward pass of one tower ("a" or "v"): (inter, equi, aug) embeddings."""
+        if modality == "a":
+            parts = (self._embed_audio_patches, self.blocks_a, self.norm_a, self.norm_a_aug)
+            default_views, view_name = self.audio_views, "t_audio_views"
+        else:
+            parts = (self._embed_image_patches, self.blocks_v, self.norm_v, self.norm_v_aug)
+            default_views, view_name = self.visual_views, "t_image_views"
+        tokens, tokens_aug = self._two_views(x, x_aug, *parts)
+        views = self._views(t_views, default_views, tokens.shape[0], view_name)
+        return self._branch(tokens, tokens_aug, views, t, modality)
 
     def encode_audio(self, fbank: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """Inter-modal embedding (B, D) of normalized filterbanks, un-normalized (the authors' ``forward_feat``)."""
@@ -322,41 +336,52 @@ class EquiAVModel(
         *,
         windows: str = "crop",
         batch_size: int = 32,
-        progress: bool = False,
+        progress: bool | None = None,
+        num_threads: int | None = None,
     ) -> torch.Tensor:
         """L2-normalized embeddings (B, D) of audio files, waveforms (numpy or torch) or a list of them.
 
         Arrays and tensors are waveforms and need ``sample_rate``; files carry their own. Any rate and channel count is
         converted to mono at ``config.sample_rate``. ``windows="crop"`` keeps the first ``target_length`` frames and
         zero-pads shorter clips (the authors' behaviour); ``windows="sliding"`` embeds consecutive windows covering the
-        whole clip and averages them.
+        whole clip and averages them. ``num_threads``: CPU threads for the call (None: ``equiav.threads`` default).
         """
         from .audio import audio_inputs_to_fbanks
 
         _check_batch_size(batch_size)
-        items = _as_list(x)
-        fbanks = audio_inputs_to_fbanks(items, sample_rate, self.config, windows=windows)
-        counts = [f.shape[0] for f in fbanks]
-        flat = torch.cat(fbanks)
-        embeddings = F.normalize(
-            self._batched(self.encode_audio, flat, batch_size, progress, "audio"), dim=-1
-        )
+        with thread_limit(num_threads, self.config.embed_dim):
+            items = _as_list(x)
+            fbanks = audio_inputs_to_fbanks(items, sample_rate, self.config, windows=windows)
+            counts = [f.shape[0] for f in fbanks]
+            embeddings = F.normalize(
+                self._batched(self.encode_audio, torch.cat(fbanks), batch_size, progress, "audio"), dim=-1
+            )
         pooled = [chunk.mean(dim=0) for chunk in embeddings.split(counts)]
         return F.normalize(torch.stack(pooled), dim=-1)
 
     @torch.no_grad()
-    def embed_image(self, x: Any, *, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    def embed_image(
+        self, x: Any, *, batch_size: int = 32, progress: bool | None = None, num_threads: int | None = None
+    ) -> torch.Tensor:
         """L2-normalized embeddings (B, D) of image files, PIL images, arrays, tensors or a list of them; a
         (B, C, H, W) tensor, alone or in the list, stands for its B images."""
         from .image import preprocess_images
 
         _check_batch_size(batch_size)
-        pixels = preprocess_images(_image_items(x), self.config)
-        return F.normalize(self._batched(self.encode_image, pixels, batch_size, progress, "image"), dim=-1)
+        with thread_limit(num_threads, self.config.embed_dim):
+            pixels = preprocess_images(_image_items(x), self.config)
+            return F.normalize(
+                self._batched(self.encode_image, pixels, batch_size, progress, "image"), dim=-1
+            )
 
     @torch.no_grad()
     def embed_video(
-        self, path: str | Path | Sequence[str | Path], *, num_frames: int = 1, windows: str = "crop"
+        self,
+        path: str | Path | Sequence[str | Path],
+        *,
+        num_frames: int = 1,
+        windows: str = "crop",
+        num_threads: int | None = None,
     ) -> VideoEmbedding:
         """Embeddings of the audio track and of the middle frame (or ``num_frames`` evenly spaced frames, averaged)."""
         from .audio import crop_samples
@@ -365,24 +390,33 @@ class EquiAVModel(
         rate = self.config.sample_rate
         # "crop" reads only the start of the soundtrack (see ``crop_samples``); "sliding" reads all of it.
         max_seconds = crop_samples(self.config) / rate if windows == "crop" else None
-        paths = _as_list(path)
+        threads = resolve_threads(num_threads, self.config.embed_dim)
         audio_items, image_rows = [], []
-        for item in paths:
+        for item in _as_list(path):
             with open_video(item) as video:
                 audio_items.append(video.audio(rate, max_seconds=max_seconds))
                 frames = video.frames(num_frames=num_frames)
-            image_rows.append(F.normalize(self.embed_image(frames).mean(dim=0), dim=-1))
-        audio = self.embed_audio(audio_items, sample_rate=rate, windows=windows)
+            image_rows.append(F.normalize(self.embed_image(frames, num_threads=threads).mean(dim=0), dim=-1))
+        audio = self.embed_audio(audio_items, sample_rate=rate, windows=windows, num_threads=threads)
         return VideoEmbedding(audio=audio, image=torch.stack(image_rows))
 
-    def _batched(self, fn, inputs: torch.Tensor, batch_size: int, progress: bool, what: str) -> torch.Tensor:
+    def _batched(
+        self, fn, inputs: torch.Tensor, batch_size: int, progress: bool | None, what: str
+    ) -> torch.Tensor:
+        """``fn`` over batches; a progress bar by ``show_progress`` (None: more than one batch, on a terminal)."""
         from tqdm.auto import tqdm
 
         chunks = inputs.split(batch_size)
-        bar = tqdm(chunks, desc=f"embedding {what}", unit="batch", disable=not progress or len(chunks) < 2)
+        bar = tqdm(
+            chunks, desc=f"embedding {what}", unit="batch", disable=not show_progress(progress, len(chunks))
+        )
         return torch.cat([fn(chunk.to(self.device)).float() for chunk in bar])
 
     # ------------------------------------------------------------------ weights
+
+    def generate_model_card(self, *args: Any, datasets: list[str] | None = None, **kwargs: Any) -> ModelCard:
+        """The Hub card that ``save_pretrained`` writes as ``README.md`` (see ``equiav.model_card``)."""
+        return card_for(self, datasets)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from .hub import save_weights

@@ -78,39 +78,36 @@ class Towers(nn.Module):
 
     # ------------------------------------------------------------------ inputs
 
+    def _check_input(
+        self, x: torch.Tensor, name: str, kind: str, shapes: list[tuple[int, ...]], non_finite: str
+    ) -> torch.Tensor:
+        """``x`` on the model's device and dtype, after checking that it is a finite floating-point tensor whose shape
+        after the batch dimension is one of ``shapes``."""
+        expected = " or ".join("(B, " + ", ".join(map(str, shape)) + ")" for shape in shapes)
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInputError(f"{name} must be a tensor of shape {expected}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InvalidInputError(f"{name} must be a {kind}, got dtype {x.dtype}")
+        if tuple(x.shape[1:]) not in shapes:
+            raise InvalidInputError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+        if not all_finite(x):
+            raise InvalidInputError(non_finite)
+        return x.to(device=self.device, dtype=self.dtype)
+
     def _check_audio(self, audio: torch.Tensor) -> torch.Tensor:
         cfg = self.tower_config
-        expected = f"(B, {cfg.target_length}, {cfg.num_mel_bins}) or (B, {cfg.in_chans}, {cfg.target_length}, {cfg.num_mel_bins})"
-        if not isinstance(audio, torch.Tensor):
-            raise InvalidInputError(f"audio must be a tensor of shape {expected}, got {type(audio).__name__}")
-        if not audio.is_floating_point():
-            raise InvalidInputError(f"audio must be a floating-point filterbank, got dtype {audio.dtype}")
-        ok_3d = audio.dim() == 3 and tuple(audio.shape[1:]) == (cfg.target_length, cfg.num_mel_bins)
-        ok_4d = audio.dim() == 4 and tuple(audio.shape[1:]) == (
-            cfg.in_chans,
-            cfg.target_length,
-            cfg.num_mel_bins,
-        )
-        if not (ok_3d or ok_4d):
-            raise InvalidInputError(f"audio must have shape {expected}, got {tuple(audio.shape)}")
-        if not all_finite(audio):
-            raise InvalidInputError("audio filterbank contains NaN or infinite values")
-        return audio.to(device=self.device, dtype=self.dtype)
+        frames = (cfg.target_length, cfg.num_mel_bins)
+        return self._check_input(
+            audio, "audio", "floating-point filterbank", [frames, (cfg.in_chans, *frames)],
+            "audio filterbank contains NaN or infinite values",
+        )  # fmt: skip
 
     def _check_image(self, image: torch.Tensor) -> torch.Tensor:
         cfg = self.tower_config
-        expected = f"(B, {cfg.in_chans}, {cfg.image_size}, {cfg.image_size})"
-        if not isinstance(image, torch.Tensor):
-            raise InvalidInputError(f"image must be a tensor of shape {expected}, got {type(image).__name__}")
-        if not image.is_floating_point():
-            raise InvalidInputError(
-                f"image must be a normalized floating-point tensor, got dtype {image.dtype}"
-            )
-        if image.dim() != 4 or tuple(image.shape[1:]) != (cfg.in_chans, cfg.image_size, cfg.image_size):
-            raise InvalidInputError(f"image must have shape {expected}, got {tuple(image.shape)}")
-        if not all_finite(image):
-            raise InvalidInputError("image tensor contains NaN or infinite values")
-        return image.to(device=self.device, dtype=self.dtype)
+        return self._check_input(
+            image, "image", "normalized floating-point tensor", [(cfg.in_chans, cfg.image_size, cfg.image_size)],
+            "image tensor contains NaN or infinite values",
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ tokens
 

@@ -392,13 +392,6 @@ def _config_from(cfg_type: type, config: Any, overrides: dict[str, Any]) -> Any:
     return cfg_type(**{**asdict(config), **overrides}) if overrides else config
 
 
-__all__ = [
-    "AUDIO_VECTOR_DIM",
-    "VISUAL_VECTOR_DIM",
-    "AudioAugmentConfig",
-    "VisualAugmentConfig",
-    "AudioAugParams",
-    "VisualAugParams",
-    "AudioAugmenter",
-    "VisualAugmenter",
-]
+# The vector layout is re-exported from equiav.aug_vectors, where it lives, beside the augmenters.
+__all__ = ["AudioAugmenter", "VisualAugmenter", "AUDIO_VECTOR_DIM", "VISUAL_VECTOR_DIM"]
+__all__ += ["AudioAugmentConfig", "VisualAugmentConfig", "AudioAugParams", "VisualAugParams"]
