@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,10 +52,43 @@ def _deterministic_threads():
     yield
 
 
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """The filterbank and the tiny model run fastest single-threaded on the 2-core CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One intra-op thread for a whole module: on two busy cores, two OpenMP threads made each tiny forward pass
+    ~80x slower."""
+    with _single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A randomly initialized ``equiav-tiny`` model in eval mode, shared by a module's cases."""
+    from equiav import EquiAVModel
+
+    torch.manual_seed(0)
+    return EquiAVModel("equiav-tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_model`` saved with ``save_pretrained``."""
+    folder = tmp_path_factory.mktemp("saved") / "tiny"
+    tiny_model.save_pretrained(folder)
+    return folder

@@ -17,13 +17,10 @@ table as their own tests.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import Ctx, Fails, Ok, Skipped, config_text, damaged_config, run_case
 from corpus import (
     can_write_mp3,
     edit_json,
@@ -75,43 +73,9 @@ from equiav.convert import read_checkpoint
 from equiav.training.datasets import BadItem, BadItemTracker, DataConfig, build_dataset, collate_items
 from equiav.video import read_video_audio
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 RATE = 16000
 FRAMES = 2
-
-
-@dataclass(frozen=True)
-class Ok:
-    check: Callable[[Any, Ctx], None]
-
-
-@dataclass(frozen=True)
-class Fails:
-    error: type[EquiAVError]
-    pattern: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    pattern: str
-
-
-@dataclass
-class Ctx:
-    """What a case may use: its own folder, the shared tiny model and a saved copy of its weights."""
-
-    dir: Path
-    model: EquiAVModel
-    saved: Path
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def weights(self) -> Path:
-        """A fresh copy of the saved model directory (config.json + model.safetensors) to damage."""
-        return Path(shutil.copytree(self.saved, self.dir / "weights"))
-
-    def embed_wave(self, signal: np.ndarray, rate: int = RATE) -> torch.Tensor:
-        return self.model.embed_audio(signal, sample_rate=rate)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -273,24 +237,6 @@ def _damaged_weights(change: Callable[[dict[str, torch.Tensor]], None]) -> Calla
         tensors = load_file(folder / "model.safetensors")
         change(tensors)
         save_file(tensors, str(folder / "model.safetensors"))
-        return EquiAVModel.from_pretrained(folder)
-
-    return run
-
-
-def _damaged_config(**changes: Any) -> Callable[[Ctx], Any]:
-    def run(ctx: Ctx) -> EquiAVModel:
-        folder = ctx.weights()
-        edit_json(folder / "config.json", **changes)
-        return EquiAVModel.from_pretrained(folder)
-
-    return run
-
-
-def _config_text(text: bytes) -> Callable[[Ctx], Any]:
-    def run(ctx: Ctx) -> EquiAVModel:
-        folder = ctx.weights()
-        (folder / "config.json").write_bytes(text)
         return EquiAVModel.from_pretrained(folder)
 
     return run
@@ -595,16 +541,16 @@ MODEL_CASES: dict[str, tuple[Callable[[Ctx], Any], Ok | Fails | Skipped]] = {
     "pretrained-unknown-keyword": (lambda c: EquiAVModel.from_pretrained(c.weights(), trust_remote_code=True), Fails(ConfigError, r"unknown config field\(s\) \['trust_remote_code'\]")),
     # config.json next to the weights.
     "config-missing": (_without_file("config.json"), Fails(ConfigError, r"weights: no config\.json")),
-    "config-invalid-json": (_config_text(b"{embed_dim: 128"), Fails(ConfigError, r"config\.json: not valid JSON")),
-    "config-not-an-object": (_config_text(b"[1, 2, 3]"), Fails(ConfigError, r"config\.json: expected a JSON object, got list")),
-    "config-not-utf8": (_config_text(b"\xff\xfe\x00\x01garbage"), Fails(ConfigError, r"config\.json: cannot read config file")),
-    "config-auto-map": (_damaged_config(auto_map={"AutoModel": "modeling_evil.Evil"}), Fails(ConfigError, r"config\.json: unknown config field\(s\) \['auto_map'\]")),
-    "config-string-for-int": (_damaged_config(depth="4"), Fails(ConfigError, r"config\.json: config field 'depth' must be a positive integer, got '4'")),
-    "config-string-for-float": (_damaged_config(audio_std="4.3"), Fails(ConfigError, r"config\.json: config field 'audio_std' must be a finite positive number, got '4\.3'")),
-    "config-nan": (_damaged_config(audio_mean=float("nan")), Fails(ConfigError, r"config\.json: config field 'audio_mean' must be a finite number, got nan")),
-    "config-negative-ratio": (_damaged_config(mlp_ratio=-4), Fails(ConfigError, r"config\.json: config field 'mlp_ratio'")),
-    "config-bad-image-mean": (_damaged_config(image_mean="abc"), Fails(ConfigError, r"config\.json: config field 'image_mean' must be a list of 3 numbers")),
-    "config-does-not-match-weights": (_damaged_config(depth=2), Fails(CheckpointError, r"model\.safetensors: weights do not match the model; .*unexpected tensor\(s\): blocks_a\.2\.")),
+    "config-invalid-json": (config_text(b"{embed_dim: 128"), Fails(ConfigError, r"config\.json: not valid JSON")),
+    "config-not-an-object": (config_text(b"[1, 2, 3]"), Fails(ConfigError, r"config\.json: expected a JSON object, got list")),
+    "config-not-utf8": (config_text(b"\xff\xfe\x00\x01garbage"), Fails(ConfigError, r"config\.json: cannot read config file")),
+    "config-auto-map": (damaged_config(auto_map={"AutoModel": "modeling_evil.Evil"}), Fails(ConfigError, r"config\.json: unknown config field\(s\) \['auto_map'\]")),
+    "config-string-for-int": (damaged_config(depth="4"), Fails(ConfigError, r"config\.json: config field 'depth' must be a positive integer, got '4'")),
+    "config-string-for-float": (damaged_config(audio_std="4.3"), Fails(ConfigError, r"config\.json: config field 'audio_std' must be a finite positive number, got '4\.3'")),
+    "config-nan": (damaged_config(audio_mean=float("nan")), Fails(ConfigError, r"config\.json: config field 'audio_mean' must be a finite number, got nan")),
+    "config-negative-ratio": (damaged_config(mlp_ratio=-4), Fails(ConfigError, r"config\.json: config field 'mlp_ratio'")),
+    "config-bad-image-mean": (damaged_config(image_mean="abc"), Fails(ConfigError, r"config\.json: config field 'image_mean' must be a list of 3 numbers")),
+    "config-does-not-match-weights": (damaged_config(depth=2), Fails(CheckpointError, r"model\.safetensors: weights do not match the model; .*unexpected tensor\(s\): blocks_a\.2\.")),
     # model.safetensors.
     "weights-file-missing": (_without_file("model.safetensors"), Fails(CheckpointError, r"weights: no model\.safetensors")),
     "weights-pickle-beside-config": (_pickle_instead_of_safetensors, Fails(CheckpointError, r"weights: no model\.safetensors")),
@@ -647,46 +593,9 @@ MANIFEST_CASES: dict[str, tuple[Callable[[Ctx], Any], Ok | Fails | Skipped]] = {
 CASES = {**AUDIO_CASES, **IMAGE_CASES, **VIDEO_CASES, **MODEL_CASES, **MANIFEST_CASES}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on two busy cores, two OpenMP threads made each tiny forward pass ~80x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> EquiAVModel:
-    torch.manual_seed(0)
-    return EquiAVModel("equiav-tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tiny_model: EquiAVModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("saved") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_bad_input_case(case_id: str, tiny_model: EquiAVModel, saved_tiny: Path, tmp_path: Path) -> None:
-    run, expected = CASES[case_id]
-    ctx = Ctx(tmp_path, tiny_model, saved_tiny)
-    if isinstance(expected, Fails):
-        with pytest.raises(EquiAVError) as caught:
-            run(ctx)
-        error = caught.value
-        assert isinstance(error, expected.error), f"{type(error).__name__}: {error}"
-        assert isinstance(error, (ValueError, OSError))
-        wanted = expected.pattern.replace("{dir}", re.escape(str(tmp_path)))
-        assert re.search(wanted, str(error), re.DOTALL), f"message {str(error)!r} does not match {wanted!r}"
-    elif isinstance(expected, Skipped):
-        item = run(ctx)
-        assert isinstance(item, BadItem), f"expected a BadItem, got {type(item).__name__}"
-        assert re.search(expected.pattern, f"{item.path} {item.reason}"), item
-    else:
-        expected.check(run(ctx), ctx)
+    run_case(CASES[case_id], Ctx(tmp_path, tiny_model, saved_tiny))
 
 
 def test_every_error_type_is_both_an_equiav_error_and_a_builtin_one() -> None:

@@ -13,13 +13,11 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cases import Ctx, Fails, Ok, Skipped, config_text, damaged_config, expect, run_case
 from corpus import edit_json, tone, write_audio, write_video
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -35,73 +34,23 @@ from equiav import (
     CheckpointError,
     ConfigError,
     DatasetError,
-    EquiAVError,
     EquiAVModel,
     InvalidInputError,
     VideoDecodeError,
 )
 from equiav.hub import PRETRAINED, _packaged_dir
-from equiav.training.datasets import BadItem, DataConfig
+from equiav.training.datasets import DataConfig
 from equiav.training.datasets.shards import ShardDataset, ShardIndex, audio_settings, fbank_to_npy
 from equiav.video import read_video_frames
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 RATE = 16000
 HUGE_SIDE = 16000
-
-
-@dataclass(frozen=True)
-class Ok:
-    check: Callable[[Any, Ctx], None]
-
-
-@dataclass(frozen=True)
-class Fails:
-    error: type[EquiAVError]
-    pattern: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    pattern: str
-
-
-@dataclass
-class Ctx:
-    """A case's own folder, the shared tiny model and a saved copy of its weights."""
-
-    dir: Path
-    model: EquiAVModel
-    saved: Path
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def weights(self) -> Path:
-        """A fresh copy of the saved model directory to damage."""
-        return Path(shutil.copytree(self.saved, self.dir / "weights"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Hostile files
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _config(**changes: Any) -> Callable[[Ctx], Any]:
-    def run(ctx: Ctx) -> EquiAVModel:
-        folder = ctx.weights()
-        edit_json(folder / "config.json", **changes)
-        return EquiAVModel.from_pretrained(folder)
-
-    return run
-
-
-def _config_text(text: str) -> Callable[[Ctx], Any]:
-    def run(ctx: Ctx) -> EquiAVModel:
-        folder = ctx.weights()
-        (folder / "config.json").write_text(text)
-        return EquiAVModel.from_pretrained(folder)
-
-    return run
 
 
 def _nested(depth: int) -> Any:
@@ -265,14 +214,14 @@ BATCH = torch.rand(2, 3, 40, 50, generator=torch.Generator().manual_seed(0))
 
 CASES: dict[str, tuple[Callable[[Ctx], Any], Ok | Fails | Skipped]] = {
     # Sizes in config.json are bounded before anything is built.
-    "config-embed-dim-1e7": (_config(embed_dim=10**7, num_heads=1), Fails(ConfigError, r"config\.json: config field 'embed_dim' is 10000000, above its limit")),
-    "config-depth-1e6": (_config(depth=10**6), Fails(ConfigError, r"config\.json: config field 'depth' is 1000000, above its limit")),
-    "config-num-views-1e9": (_config(num_views=10**9), Fails(ConfigError, r"config\.json: config field 'num_views' is 1000000000, above its limit")),
-    "config-mlp-ratio-1e6": (_config(mlp_ratio=1e6), Fails(ConfigError, r"config\.json: config field 'mlp_ratio' is 1000000\.0, above its limit")),
-    "config-wide-and-deep": (_config(embed_dim=16384, depth=256, num_heads=128), Fails(ConfigError, r"config\.json: config describes a model of about 1\.65e\+12 parameters")),
-    "config-view-seed-65-bits": (_config(view_seed=2**64), Fails(ConfigError, r"config\.json: config field 'view_seed' must lie in \[-2\*\*63, 2\*\*64 - 1\]")),
-    "config-nested-past-the-parser": (_config_text('{"extra": ' + "[" * 100000 + "]" * 100000 + "}"), Fails(ConfigError, r"config\.json: JSON nested too deeply to read")),
-    "config-extra-nested-900-levels": (_config(extra=_nested(900)), Fails(ConfigError, r"config\.json: config field\(s\) \['extra'\] nested more than 32 levels deep")),
+    "config-embed-dim-1e7": (damaged_config(embed_dim=10**7, num_heads=1), Fails(ConfigError, r"config\.json: config field 'embed_dim' is 10000000, above its limit")),
+    "config-depth-1e6": (damaged_config(depth=10**6), Fails(ConfigError, r"config\.json: config field 'depth' is 1000000, above its limit")),
+    "config-num-views-1e9": (damaged_config(num_views=10**9), Fails(ConfigError, r"config\.json: config field 'num_views' is 1000000000, above its limit")),
+    "config-mlp-ratio-1e6": (damaged_config(mlp_ratio=1e6), Fails(ConfigError, r"config\.json: config field 'mlp_ratio' is 1000000\.0, above its limit")),
+    "config-wide-and-deep": (damaged_config(embed_dim=16384, depth=256, num_heads=128), Fails(ConfigError, r"config\.json: config describes a model of about 1\.65e\+12 parameters")),
+    "config-view-seed-65-bits": (damaged_config(view_seed=2**64), Fails(ConfigError, r"config\.json: config field 'view_seed' must lie in \[-2\*\*63, 2\*\*64 - 1\]")),
+    "config-nested-past-the-parser": (config_text('{"extra": ' + "[" * 100000 + "]" * 100000 + "}"), Fails(ConfigError, r"config\.json: JSON nested too deeply to read")),
+    "config-extra-nested-900-levels": (damaged_config(extra=_nested(900)), Fails(ConfigError, r"config\.json: config field\(s\) \['extra'\] nested more than 32 levels deep")),
     # Shapes in checkpoint files are checked against the bytes and numbering behind them.
     "pth-stray-block-number": (_pth(_stray_block), Fails(CheckpointError, r"pretrain\.pth: cannot infer the architecture: the 5 'blocks_a\.\*' blocks must be numbered 0\.\.4, but tensor 'blocks_a\.99999999\.mlp\.fc1\.bias' has block number 99999999")),
     "pth-expanded-pos-embed": (_pth(_expanded_pos_embed), Fails(CheckpointError, r"pretrain\.pth: tensor '__M__\.pos_embed_v' has shape \(1, 10000000000, 128\) .* stores only 128 values")),
@@ -311,48 +260,9 @@ CASES: dict[str, tuple[Callable[[Ctx], Any], Ok | Fails | Skipped]] = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> EquiAVModel:
-    torch.manual_seed(0)
-    return EquiAVModel("equiav-tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tiny_model: EquiAVModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("saved") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return folder
-
-
-def _expect(run: Callable[[], Any], expected: Ok | Fails | Skipped, ctx: Ctx) -> None:
-    if isinstance(expected, Fails):
-        with pytest.raises(EquiAVError) as caught:
-            run()
-        error = caught.value
-        assert isinstance(error, expected.error), f"{type(error).__name__}: {error}"
-        assert isinstance(error, (ValueError, OSError))
-        assert re.search(expected.pattern, str(error), re.DOTALL), f"{str(error)!r} !~ {expected.pattern!r}"
-    elif isinstance(expected, Skipped):
-        item = run()
-        assert isinstance(item, BadItem), f"expected a BadItem, got {type(item).__name__}"
-        assert re.search(expected.pattern, f"{item.path} {item.reason}"), item
-    else:
-        expected.check(run(), ctx)
-
-
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_hostile_input_case(case_id: str, tiny_model: EquiAVModel, saved_tiny: Path, tmp_path: Path) -> None:
-    run, expected = CASES[case_id]
-    ctx = Ctx(tmp_path, tiny_model, saved_tiny)
-    _expect(lambda: run(ctx), expected, ctx)
+    run_case(CASES[case_id], Ctx(tmp_path, tiny_model, saved_tiny))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -398,7 +308,7 @@ def test_no_silent_nan_anywhere_between_a_file_and_an_embedding(
 ) -> None:
     run, expected = NAN_PATHS[path_id]
     ctx = Ctx(tmp_path, tiny_model, saved_tiny)
-    _expect(lambda: run(ctx), expected, ctx)
+    expect(lambda: run(ctx), expected, ctx)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..console import add_runtime_arguments, debugging, run_main
-from ..errors import ConfigError, EquiAVError
+from ..console import add_runtime_arguments, run_main
+from ..errors import ConfigError
 from .pretrain import config_from_args
 
 log = logging.getLogger("equiav.ablate")
@@ -285,12 +285,7 @@ def run_grids(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run_grids(args)
-    except EquiAVError as error:
-        if debugging():
-            raise
-        raise SystemExit(f"equiav ablate: {type(error).__name__}: {error}") from None
+    run_grids(args)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..checks import all_finite
-from ..console import add_runtime_arguments, debugging, model_width, run_main, set_threads
-from ..errors import EquiAVError, InvalidInputError
+from ..console import add_runtime_arguments, model_width, run_main, set_threads
+from ..errors import InvalidInputError
 from .classification import DIGIT_NAMES, LabelledDataset
 from .datasets import DataConfig, build_dataset, collate_items
 from .distributed import resolve_device
@@ -379,12 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     add_probe_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     set_threads(args.threads, model_width(args.model))
-    try:
-        run_probe(args)
-    except EquiAVError as error:
-        if debugging():
-            raise
-        raise SystemExit(f"equiav probe: {type(error).__name__}: {error}") from None
+    run_probe(args)
 
 
 if __name__ == "__main__":
