@@ -16,6 +16,7 @@ from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from ..dataclass_io import from_dict
 from ..errors import ConfigError
 
 
@@ -142,32 +143,27 @@ def _describe(hint: Any) -> str:
 
 
 def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from nested ``values``, checking names and types; raises ``ConfigError``."""
+    """Instantiate dataclass ``cls`` from nested ``values``, checking names and types; raises ``ConfigError``.
+
+    Values are converted to their field types here; the strict construction (unknown and missing fields, the
+    config's own checks) is :func:`equiav.dataclass_io.from_dict`'s, as for every config of the library.
+    """
+    where = prefix.rstrip(".") or "config"
     if not isinstance(values, dict):
-        raise ConfigError(
-            f"option group '{prefix.rstrip('.') or 'config'}': expected a JSON object, got {values!r}"
-        )
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = prefix.rstrip(".") or "config"
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        raise ConfigError(f"option group '{where}': expected a JSON object, got {values!r}")
     hints = get_type_hints(cls)
-    kwargs = {}
+    converted = dict(values)
     for f in fields(cls):
         name, hint = prefix + f.name, hints[f.name]
         if is_dataclass(hint):
-            kwargs[f.name] = build_config(hint, values.get(f.name, {}), name + ".")
+            converted[f.name] = build_config(hint, values.get(f.name, {}), name + ".")
         elif f.name in values:
-            kwargs[f.name] = _convert(values[f.name], hint, name)
+            converted[f.name] = _convert(values[f.name], hint, name)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(
                 f"option --{option_name(name)} is required (in the config file or on the command line)"
             )
-    try:
-        return cls(**kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {error}") from error
+    return from_dict(cls, converted, where)
 
 
 def _default_text(f) -> str:
