@@ -45,11 +45,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..classifier import EquiAVClassifier, load_label_names
+from ..classifier import EquiAVClassifier
 from ..config import EquiAVConfig
 from ..console import add_runtime_arguments, debugging, model_width, run_main, set_threads
 from ..deprecation import moved_names
 from ..errors import ConfigError, EquiAVError
+from ..labels import load_label_names
 from .classification import (
     DIGIT_NAMES,
     LabelledDataset,
