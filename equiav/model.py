@@ -185,19 +185,14 @@ class EquiAVModel(
         The S view queries and the query of ``t`` act on the same tokens independently, so they run as one call of
         S + 1 queries (the attention predictor projects the keys and values once).
         """
-        if views is None and t is None:
-            return None, None
-        queries = []
-        if views is not None:
-            batch = tokens.shape[0]
-            queries.append(views.unsqueeze(0).expand(batch, -1, -1) if views.dim() == 2 else views)
-        if t is not None:
-            batch, dim = tokens.shape[0], self._aug_dim(encoder)
-            if t.dim() != 2 or t.shape != (batch, dim):
-                raise InvalidInputError(f"{name} must be ({batch}, {dim}), got {tuple(t.shape)}")
-            queries.append(t.to(device=self.device, dtype=self.dtype)[:, None])
         if t is None:
-            return predictor(tokens, encoder(views)), None
+            return (None if views is None else predictor(tokens, encoder(views))), None
+        batch, dim = tokens.shape[0], self._aug_dim(encoder)
+        if t.dim() != 2 or t.shape != (batch, dim):
+            raise InvalidInputError(f"{name} must be ({batch}, {dim}), got {tuple(t.shape)}")
+        queries = [t.to(device=self.device, dtype=self.dtype)[:, None]]
+        if views is not None:
+            queries.insert(0, views.unsqueeze(0).expand(batch, -1, -1) if views.dim() == 2 else views)
         per_view = predictor.per_view(tokens, encoder(torch.cat(queries, dim=1)))
         centroid = per_view[:, :-1].mean(dim=1) if views is not None else None
         return centroid, per_view[:, -1]
