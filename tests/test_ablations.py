@@ -102,6 +102,21 @@ def test_grid_runs_are_shared_between_rows_that_resolve_to_the_same_config(tmp_p
     assert len({run.directory for run in runs}) == len(runs)
 
 
+def test_a_finished_run_is_not_redone_and_serves_the_rows_of_this_plan(tmp_path: Path) -> None:
+    from equiav.training.ablate import train_and_score
+
+    first = plan_runs([*BASE, "--data.num-views", "4"], ["table4"], [0], tmp_path)
+    shared = next(run for run in first if "table4/Equi. (z̄_a, z̄_v)" in run.rows)
+    shared.directory.mkdir(parents=True)
+    stored = {"rows": shared.rows, "r1_image_to_audio": 20.0, "r1_audio_to_image": 25.0, "probe_acc": 80.0}
+    shared.result_file.write_text(json.dumps(stored))
+    again = plan_runs([*BASE, "--data.num-views", "4"], ["table5"], [0], tmp_path)
+    run = next(run for run in again if run.directory == shared.directory)
+    record = train_and_score(run, args=None)  # nothing is trained: the stored result is returned
+    assert record["rows"] == ["table5/4"] and record["r1_image_to_audio"] == 20.0
+    assert grid_table("table5", [record]).splitlines()[5].startswith("| 4 | 1 | 20.0 | 25.0 | 80.0 |")
+
+
 def test_grid_table_gives_mean_and_sample_std_in_the_papers_row_order() -> None:
     records = [
         {

@@ -174,7 +174,8 @@ def last_validation(directory: Path) -> dict[str, float]:
 def train_and_score(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     """Train ``run`` (resuming it when interrupted), score it, write and return its ``result.json`` record."""
     if run.result_file.is_file():
-        return json.loads(run.result_file.read_text())
+        # A finished run may serve rows of grids that the run that wrote it did not plan: tabulate it under this plan's.
+        return {**json.loads(run.result_file.read_text()), "rows": run.rows}
     run.directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log_file = run.directory / "log.txt"
