@@ -69,7 +69,9 @@ KILL_AT_STEP_ENV = "EQUIAV_FAULT_KILL_AT_STEP"
 KILL_RANK_ENV = "EQUIAV_FAULT_KILL_RANK"
 
 # Options whose change between a checkpoint and the run resuming it is expected (they do not alter the training).
-_RESUME_NEUTRAL = {"resume", "overwrite", "progress", "tensorboard", "num_workers", "output_dir", "device"}
+_RESUME_NEUTRAL = {
+    "resume", "overwrite", "progress", "tensorboard", "num_workers", "output_dir", "device", "threads",
+}  # fmt: skip
 
 
 def autocast_context(precision: str, device: torch.device) -> AbstractContextManager:
