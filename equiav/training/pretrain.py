@@ -216,6 +216,7 @@ class PretrainTask(TrainingTask):
         super().__init__(cfg, cfg.data)
         self.model_config = cfg.model_config()
         self._eval_set: tuple[torch.Tensor, ...] | None = None
+        self._warned_no_speakers = False
         # Invariant intra-modal pairs with an inter-modal embedding that needs no prediction leave the predictor idle.
         self.has_unused_parameters = self.model_config.intra_space == "invariant" and (
             self.model_config.inter_embedding in ("original", "augmented")
@@ -276,7 +277,13 @@ class PretrainTask(TrainingTask):
             if used:
                 metrics.update(zip(LOGGED_NAMES, mean_over_ranks(totals / used)))
         if self.cfg.zero_shot_eval and self.cfg.data.kind == "avdigits" and trainer.ctx.is_main:
-            metrics.update(self.avdigits_retrieval(trainer))
+            if self.cfg.data.val_speakers:
+                metrics.update(self.avdigits_retrieval(trainer))
+            elif not self._warned_no_speakers:
+                log.warning(
+                    "no zero-shot retrieval at validation: data.val_speakers is empty (every speaker trains)"
+                )
+                self._warned_no_speakers = True
         return metrics
 
     def avdigits_retrieval(self, trainer: Trainer) -> dict[str, float]:
