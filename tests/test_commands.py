@@ -133,7 +133,7 @@ def test_progress_bar_rule_is_shared():
 
 
 def test_shipped_configs_by_name_and_relative_paths_from_the_file(tmp_path, monkeypatch):
-    assert list_configs() == ["audioset-base", "avdigits-tiny"]
+    assert list_configs() == ["audioset-base", "avdigits-tiny", "avdigits-tiny-all"]
     shipped = resources.files("equiav.training") / "configs" / "avdigits_tiny.json"
     assert shipped.is_file()
     assert json.loads((REPO_ROOT / "configs" / "avdigits_tiny.json").read_text()) == json.loads(

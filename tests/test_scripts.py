@@ -1,7 +1,8 @@
-"""The developer scripts that make the demo set and the unseen-voice check."""
+"""The developer scripts: the demo set, the unseen-voice check and the leave-one-speaker-out selection."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+import loso  # noqa: E402
 import make_demo_data  # noqa: E402
 import voice_check  # noqa: E402
 
@@ -36,3 +38,24 @@ def test_synthesized_clip_is_stored_like_fsdd(tmp_path):
     path = tmp_path / name
     soundfile.write(path, speech, make_demo_data.SAMPLE_RATE, subtype="PCM_16")
     assert soundfile.info(path).samplerate == 8000 and digit == 0 and voice.startswith("espeak")
+
+
+def test_loso_table_gives_mean_and_spread_over_the_folds_per_step(tmp_path):
+    assert loso.parse_candidate("warp=--data.audio-freq-warp 0.08") == (
+        "warp",
+        ("--data.audio-freq-warp", "0.08"),
+    )
+    assert loso.parse_candidate("base=") == ("base", ())
+    with pytest.raises(Exception, match="NAME=OPTIONS"):
+        loso.parse_candidate("no-equals-sign")
+    folds = [loso.Fold("base", (), speaker, tmp_path / speaker) for speaker in ("a", "b", "c")]
+    results = [[{"step": 10, "r1_audio_to_image": a2i, "r1_image_to_audio": 0.5}] for a2i in (0.6, 0.7, 0.8)]
+    for fold, records in zip(folds, results):
+        fold.directory.mkdir()
+        lines = [{"step": 10, "split": "train", "loss": 1.0}, {**records[0], "split": "val"}]
+        (fold.directory / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+        assert loso.validations(fold.directory) == [{**records[0], "split": "val"}]
+    row = loso.table(folds, results).splitlines()[-1]
+    assert row.startswith(
+        "| base | 10 | 0.700 ± 0.100 | 0.500 ± 0.000 | a 0.60/0.50, b 0.70/0.50, c 0.80/0.50 |"
+    )
