@@ -14,9 +14,9 @@ One clip is one 1024 x 128 filterbank and one 224 x 224 frame. Variants:
   does); on CUDA ``F.scaled_dot_product_attention`` is restricted to the flash-attention kernel;
 * on a CPU, ``ours fp32 packed`` and ``ours bf16 packed``: the same models after ``pack_for_cpu()``, whose linear
   layers multiply by weights prepacked once for oneDNN (``equiav.packing``);
-* with ``--compile``, ``ours fp32 compiled`` and ``ours bf16 compiled``: both encoders through ``torch.compile``
-  (inductor) with ``freezing`` on, which folds the weights into the graph as constants and, on a CPU, lets oneDNN
-  keep them pre-packed for its matrix kernels instead of re-laying them out on every call (what pays at batch 1).
+* with ``--compile``, ``ours fp32 compiled`` and ``ours bf16 compiled``: the models after
+  ``EquiAVModel.compile_for_cpu()`` (``torch.compile`` with frozen weights: inductor folds the weights into the graph
+  as constants and, on a CPU, keeps them prepacked for oneDNN's matrix kernels).
 
 Both models hold the same random weights (``load_state_dict`` by name). Before timing, the script checks that the
 authors' path and ours give the same embeddings (max abs difference <= 1e-4) when both are given the same vectors,
@@ -36,11 +36,9 @@ import copy
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 import torchvision.transforms as T
 from common import (
@@ -334,22 +332,8 @@ def bf16_cosine(ours: EquiAVModel, ours_bf16: EquiAVModel, inputs: dict[str, tor
     return min(float(F.cosine_similarity(a, b, dim=-1).min()) for a, b in zip(full, low))
 
 
-@dataclass
-class CompiledEncoders:
-    """``encode_audio`` / ``encode_image`` of a model through ``torch.compile`` with frozen weights."""
-
-    encode_audio: Callable[..., torch.Tensor]
-    encode_image: Callable[..., torch.Tensor]
-    device: torch.device
-
-    @classmethod
-    def of(cls, model: EquiAVModel) -> CompiledEncoders:
-        inductor_config.freezing = True  # weights become constants: only valid for inference, as here
-        return cls(torch.compile(model.encode_audio), torch.compile(model.encode_image), model.device)
-
-
 def compiled_difference(
-    eager: EquiAVModel, compiled: CompiledEncoders, inputs: dict[str, torch.Tensor], reference: EquiAVModel
+    eager: EquiAVModel, compiled: EquiAVModel, inputs: dict[str, torch.Tensor], reference: EquiAVModel
 ) -> tuple[float, float]:
     """Compile ``compiled`` on ``inputs`` (its first call) and return its max abs difference to ``eager`` and its
     smallest cosine to the float32 ``reference``."""
@@ -419,13 +403,13 @@ def variants_for(
     authors: AuthorsInference,
     inputs: dict[str, torch.Tensor],
     packed: dict[str, EquiAVModel],
-    compiled: dict[str, CompiledEncoders],
+    compiled: dict[str, EquiAVModel],
 ) -> dict[str, Callable[[], object]]:
     def run_authors():
         with torch.inference_mode():
             return authors.forward_feat(inputs["fbank3"], inputs["pixels"])
 
-    def run_ours(model: EquiAVModel | CompiledEncoders, dtype: torch.dtype) -> Callable[[], object]:
+    def run_ours(model: EquiAVModel, dtype: torch.dtype) -> Callable[[], object]:
         def run():
             with torch.inference_mode(), attention_context(model.device, dtype):
                 return model.encode_audio(inputs["fbank"]), model.encode_image(inputs["pixels"])
@@ -525,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.compile:
             for name, eager in (("fp32", ours), ("bf16", ours_bf16)):
                 start = time.perf_counter()
-                compiled[name] = CompiledEncoders.of(eager)
+                compiled[name] = copy.deepcopy(eager).compile_for_cpu()
                 change, low = compiled_difference(eager, compiled[name], inputs, ours)
                 print(
                     f"batch {batch}: {name} compiled in {time.perf_counter() - start:.0f} s; max |compiled - eager| "

@@ -103,12 +103,17 @@ class StepRunner:
     """A model, loss and optimizer that run timed training steps."""
 
     def __init__(
-        self, cfg: EquiAVConfig, device: torch.device, bf16: bool, checkpointing: bool, compile: bool = False
+        self,
+        cfg: EquiAVConfig,
+        device: torch.device,
+        bf16: bool,
+        checkpointing: bool,
+        compile_backend: str | None = None,
     ) -> None:
         torch.manual_seed(0)
         self.model = EquiAVModel(cfg).to(device).train()
         self.model.set_grad_checkpointing(checkpointing)
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = torch.compile(self.model, backend=compile_backend) if compile_backend else self.model
         self.loss = EquiAVLoss()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-5
@@ -191,7 +196,7 @@ def time_compiled(
     compiled model's first steps, which compile it, are among the warm-up steps)."""
     runners = {
         "eager": StepRunner(cfg, device, bf16, checkpointing=False),
-        "compiled": StepRunner(cfg, device, bf16, checkpointing=False, compile=True),
+        "compiled": StepRunner(cfg, device, bf16, checkpointing=False, compile_backend=args.compile_backend),
     }
     inputs = make_inputs(cfg, args.batch_size, views, device)
     for _ in range(max(args.warmup, 2)):
@@ -281,6 +286,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the largest S through torch.compile against the eager model, round-robin",
     )
     parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of --compile (default inductor; aot_eager traces forward and backward without "
+        "generating kernels, a quick check that the step compiles)",
+    )
+    parser.add_argument(
         "--no-memory", action="store_true", help="skip the activation-checkpointing comparison"
     )
     parser.add_argument("--probe", choices=["on", "off"], help=argparse.SUPPRESS)
@@ -327,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         views = max(args.views)
         compiled = time_compiled(args, cfg, device, bf16, views)
-        print(f"\ntorch.compile (S={views}, round-robin with the eager model):")
+        print(
+            f"\ntorch.compile, backend {args.compile_backend} (S={views}, round-robin with the eager model):"
+        )
         for name, seconds in compiled.items():
             line = f"  {name:>8}: step {seconds * 1e3:8.1f} ms"
             if bf16:

@@ -8,6 +8,7 @@
 # under its own time cap and only while the overall budget (BUDGET_S, default 420 s) lasts, most important first:
 #   1. inference on the GPU: authors' path fp32 vs ours fp32 vs ours bf16 + flash attention, batch 64;
 #   2. training step on the GPU: S = 1..16, bf16 autocast, samples/s, peak memory, MFU, checkpointing on/off;
+#   2b. the roofline on the GPU (bf16, batch 64, against an 8192^3 bf16 product) and on the host CPU (batch 1);
 #   3. inference on the host CPU at batch 1 and 16 (AMX bf16 if the host has it), plain and with packed weights;
 #   4. the training step on the GPU through torch.compile (S = 16);
 #   5. data loading with 16 workers (CPU side of the machine; synthetic videos when the shared data is absent);
@@ -80,6 +81,8 @@ step() {
 B=benchmarks
 step inference_gpu 90 "$PYTHON" $B/bench_inference.py --device cuda --batch-sizes 64 --repeats 5 --warmup 2 --json "$OUT/inference_gpu.json"
 step train_step_gpu 100 "$PYTHON" $B/bench_train_step.py --device cuda --batch-size 32 --views 1 4 8 16 --warmup 3 --repeats 10
+step roofline_gpu 60 "$PYTHON" $B/bench_roofline.py --device cuda --repeats 5 --json "$OUT/roofline_gpu.json"
+step roofline_cpu 90 "$PYTHON" $B/bench_roofline.py --threads 1 --repeats 3 --json "$OUT/roofline_cpu.json"
 step inference_cpu 100 "$PYTHON" $B/bench_inference.py --device cpu --batch-sizes 1 16 --repeats 3 --warmup 1 --json "$OUT/inference_cpu.json"
 step train_step_gpu_compile 120 "$PYTHON" $B/bench_train_step.py --device cuda --batch-size 32 --views 16 --warmup 3 --repeats 10 --compile --no-memory
 step dataloading 60 "$PYTHON" $B/bench_dataloading.py --workers 16 --items 768 --batch-size 16 --repeats 3 --json "$OUT/dataloading.json"

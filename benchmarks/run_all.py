@@ -50,11 +50,12 @@ BENCHMARKS = (
         "augment", "bench_augment.py", ("--examples", "1", "--repeats", "1", "--warmup", "0", "--views", "2"),
         ("--device", "cuda"),
     ),
+    Benchmark("roofline", "bench_roofline.py", ("--quick",), ("--device", "cuda"), json=True),
     Benchmark("dataloading", "bench_dataloading.py", ("--quick",), json=True),
     Benchmark(
         "train_step", "bench_train_step.py",
         ("--preset", "equiav-tiny", "--batch-size", "2", "--views", "1", "16", "--warmup", "0", "--repeats", "1",
-         "--compile"),
+         "--compile", "--compile-backend", "aot_eager"),
         ("--device", "cuda"),
     ),
 )  # fmt: skip

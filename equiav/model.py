@@ -130,6 +130,19 @@ class EquiAVModel(
         pack_linear_layers(self)
         return self
 
+    def compile_for_cpu(self) -> EquiAVModel:
+        """Inference through ``torch.compile`` with frozen weights: ``encode_audio`` and ``encode_image`` become
+        compiled functions in which inductor folds the weights into the graph as constants, keeps them prepacked for
+        oneDNN and fuses the element-wise work around the matrix products. The first call of each input shape
+        compiles (tens of seconds for ``equiav-base``); the result is for inference only: a frozen graph does not see
+        later weight updates, so call it on a model whose weights are final. Puts the model in eval mode; returns
+        ``self``."""
+        self.eval()
+        options = {"freezing": True}
+        self._encode_audio = torch.compile(self._encode_audio, options=options)
+        self._encode_image = torch.compile(self._encode_image, options=options)
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.modality_a.device
@@ -286,26 +299,33 @@ class EquiAVModel(
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The pretraining forward pass of one tower ("a" or "v"): (inter, equi, aug) embeddings."""
         if modality == "a":
+            check, default_views, view_name = self._check_audio, self.audio_views, "t_audio_views"
             parts = (self._embed_audio_patches, self.blocks_a, self.norm_a, self.norm_a_aug)
-            default_views, view_name = self.audio_views, "t_audio_views"
         else:
+            check, default_views, view_name = self._check_image, self.visual_views, "t_image_views"
             parts = (self._embed_image_patches, self.blocks_v, self.norm_v, self.norm_v_aug)
-            default_views, view_name = self.visual_views, "t_image_views"
+        x, x_aug = check(x), None if x_aug is None else check(x_aug)
         tokens, tokens_aug = self._two_views(x, x_aug, *parts)
         views = self._views(t_views, default_views, tokens.shape[0], view_name)
         return self._branch(tokens, tokens_aug, views, t, modality)
 
     def encode_audio(self, fbank: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """Inter-modal embedding (B, D) of normalized filterbanks, un-normalized (the authors' ``forward_feat``)."""
-        tokens = self.audio_tokens(fbank)
-        views = self._views(views, self.audio_views, tokens.shape[0], "views")
-        return self._branch(tokens, None, views, None, "a")[0]
+        fbank = self._check_audio(fbank)
+        return self._encode_audio(fbank, self._views(views, self.audio_views, fbank.shape[0], "views"))
 
     def encode_image(self, pixels: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         """Inter-modal embedding (B, D) of normalized images, un-normalized (the authors' ``forward_feat``)."""
-        tokens = self.image_tokens(pixels)
-        views = self._views(views, self.visual_views, tokens.shape[0], "views")
-        return self._branch(tokens, None, views, None, "v")[0]
+        pixels = self._check_image(pixels)
+        return self._encode_image(pixels, self._views(views, self.visual_views, pixels.shape[0], "views"))
+
+    def _encode_audio(self, fbank: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """``encode_audio`` of checked inputs: the part ``compile_for_cpu`` compiles."""
+        return self._branch(self._audio_tokens(fbank), None, views, None, "a")[0]
+
+    def _encode_image(self, pixels: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """``encode_image`` of checked inputs: the part ``compile_for_cpu`` compiles."""
+        return self._branch(self._image_tokens(pixels), None, views, None, "v")[0]
 
     def localize(self, audio: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Sound-source localization: how well each image patch matches the sound, (B, rows, cols) in [-1, 1].

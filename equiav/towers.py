@@ -112,7 +112,7 @@ class Towers(nn.Module):
     # ------------------------------------------------------------------ tokens
 
     def _embed_audio_patches(self, audio: torch.Tensor) -> torch.Tensor:
-        audio = self._check_audio(audio)
+        """Patch tokens of a checked filterbank batch (``_check_audio``)."""
         if audio.dim() == 3:
             x = self.patch_embed_a.forward_single_channel(audio.transpose(1, 2).unsqueeze(1))
         else:
@@ -120,7 +120,8 @@ class Towers(nn.Module):
         return x + self.pos_embed_a + self.modality_a
 
     def _embed_image_patches(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed_v(self._check_image(image))
+        """Patch tokens of a checked image batch (``_check_image``)."""
+        x = self.patch_embed_v(image)
         return x + self.pos_embed_v + self.modality_v
 
     def _run_blocks(self, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
@@ -130,9 +131,15 @@ class Towers(nn.Module):
     def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
         """Final-normed audio patch tokens (B, N, D) of normalized filterbanks (B, T, F) or (B, C, T, F); token
         p = f * (T / patch) + t (frequency row f, time column t)."""
+        return self._audio_tokens(self._check_audio(audio))
+
+    def _audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
         return self.norm_a(self._run_blocks(self._embed_audio_patches(audio), self.blocks_a))
 
     def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
         """Final-normed image patch tokens (B, N, D) of normalized images (B, C, S, S); token p = row * (S / patch)
         + column."""
+        return self._image_tokens(self._check_image(image))
+
+    def _image_tokens(self, image: torch.Tensor) -> torch.Tensor:
         return self.norm_v(self._run_blocks(self._embed_image_patches(image), self.blocks_v))
