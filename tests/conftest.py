@@ -18,6 +18,14 @@ def shared_root() -> Path:
     return Path(os.environ.get("EQUIAV_SHARED", REPO_ROOT.parent / "shared"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``), every worker and the processes it starts run one torch thread: workers are
+    already one per core, and more threads than free cores make torch's parallel operators wait on each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     root = shared_root()

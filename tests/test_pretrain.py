@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -343,6 +344,21 @@ def test_short_digits_run_learns_checkpoints_and_exports(shared_dir, tmp_path):
     assert all(torch.equal(from_checkpoint.state_dict()[k], exported[k]) for k in exported)
 
 
+def test_every_speaker_training_runs_without_a_held_out_speaker(shared_dir, tmp_path, one_thread, caplog):
+    """``--data.val-speakers`` with no name trains on every speaker; validation then has no retrieval to score."""
+    from equiav.training.pretrain import config_from_args, train
+
+    output = tmp_path / "run"
+    cfg, _ = config_from_args(_digits_args(shared_dir, output, 2) + ["--data.val-speakers"])
+    assert cfg.data.val_speakers == ()
+    with caplog.at_level(logging.WARNING, logger="equiav.pretrain"):
+        train(cfg)
+    assert "data.val_speakers is empty" in caplog.text
+    (validation,) = _metrics(output, "val")
+    assert validation["step"] == 2 and set(validation) == {"step", "split", "time"}  # no loss, no retrieval
+    assert (output / "final" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_unexpected_data_error_stops_the_run_naming_the_file(
     shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
@@ -580,7 +596,7 @@ def test_cuda_bf16_run_checkpoints_resumes_and_exports(tmp_path, monkeypatch):
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("name", ["avdigits_tiny.json", "audioset_base.json"])
+@pytest.mark.parametrize("name", ["avdigits_tiny.json", "avdigits_tiny_all.json", "audioset_base.json"])
 def test_example_configs_parse(name):
     cfg, _ = config_from_args(["--config", str(REPO_ROOT / "configs" / name)])
     assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 1e-5
