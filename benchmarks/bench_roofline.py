@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_inference import BF16_MIN_COSINE, EQUALITY_TOLERANCE, make_inputs
 from common import (
     add_common_arguments,
     apply_threads,
@@ -47,20 +48,10 @@ from equiav import EquiAVConfig, EquiAVModel  # noqa: E402
 from equiav.packing import packable_dtypes, packing_available  # noqa: E402
 
 GOAL = 0.90
-EQUALITY_TOLERANCE = 1e-4
-BF16_MIN_COSINE = 0.999
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Kernels that are matrix products (their self time is the part the matrix-product rate bounds).
 MATRIX_KERNELS = ("mm", "addmm", "bmm", "baddbmm", "linear_pointwise", "mkl_linear", "convolution", "conv2d",
                   "_scaled_dot_product", "mkldnn_linear", "onednn", "gemm", "qlinear")  # fmt: skip
-
-
-def make_inputs(cfg: EquiAVConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(batch)
-    return {
-        "fbank": torch.randn(batch, cfg.target_length, cfg.num_mel_bins, generator=generator).to(device),
-        "pixels": torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=generator).to(device),
-    }
 
 
 def embed(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

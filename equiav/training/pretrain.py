@@ -216,7 +216,8 @@ class PretrainTask(TrainingTask):
         super().__init__(cfg, cfg.data)
         self.model_config = cfg.model_config()
         self._eval_set: tuple[torch.Tensor, ...] | None = None
-        self._warned_no_speakers = False
+        data = cfg.data
+        self._scores_retrieval = cfg.zero_shot_eval and data.kind == "avdigits" and bool(data.val_speakers)
         # Invariant intra-modal pairs with an inter-modal embedding that needs no prediction leave the predictor idle.
         self.has_unused_parameters = self.model_config.intra_space == "invariant" and (
             self.model_config.inter_embedding in ("original", "augmented")
@@ -236,6 +237,10 @@ class PretrainTask(TrainingTask):
             intra_variant=loss.intra_variant, faithful=loss.faithful,
         )  # fmt: skip
         self.val_data = self._val_stream(trainer)
+        if self.cfg.zero_shot_eval and self.cfg.data.kind == "avdigits" and not self._scores_retrieval:
+            log.warning(
+                "no zero-shot retrieval at validation: data.val_speakers is empty (every speaker trains)"
+            )
 
     def _val_stream(self, trainer: Trainer) -> DataStream | None:
         try:
@@ -276,14 +281,8 @@ class PretrainTask(TrainingTask):
                 used += 1
             if used:
                 metrics.update(zip(LOGGED_NAMES, mean_over_ranks(totals / used)))
-        if self.cfg.zero_shot_eval and self.cfg.data.kind == "avdigits" and trainer.ctx.is_main:
-            if self.cfg.data.val_speakers:
-                metrics.update(self.avdigits_retrieval(trainer))
-            elif not self._warned_no_speakers:
-                log.warning(
-                    "no zero-shot retrieval at validation: data.val_speakers is empty (every speaker trains)"
-                )
-                self._warned_no_speakers = True
+        if self._scores_retrieval and trainer.ctx.is_main:
+            metrics.update(self.avdigits_retrieval(trainer))
         return metrics
 
     def avdigits_retrieval(self, trainer: Trainer) -> dict[str, float]:
